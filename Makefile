@@ -1,0 +1,38 @@
+# The README's two commands: `make train` and `make test`. Each sets up what it needs.
+#   PYTHON  interpreter for the virtual environment (3.11 or newer)
+#   VENV    where the virtual environment lives
+#   MPI     pypi: MPICH + mpi4py wheels from PyPI | system: mpi4py built on the site's MPI
+#   NP      ranks for `make train`
+PYTHON ?= python3
+VENV ?= .venv
+MPI ?= pypi
+NP ?= 2
+ARGS ?=
+
+BIN := $(abspath $(VENV))/bin
+MPIEXEC := $(if $(filter pypi,$(MPI)),$(BIN)/mpiexec,mpiexec)
+# One thread per rank: the ranks share this machine's cores.
+RUN_ENV := OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
+STAMP := $(VENV)/.installed-$(MPI)
+
+.PHONY: setup train test lint clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-mpi.txt scripts/build_wheels.py scripts/setup.sh setup.cfg
+	@scripts/setup.sh "$(PYTHON)" "$(VENV)" "$(MPI)"
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+train: setup
+	$(RUN_ENV) $(MPIEXEC) -n $(NP) $(BIN)/python -m launch.train -c configs/smoke.yaml $(ARGS)
+
+lint: setup
+	$(BIN)/flake8
+
+test: lint
+	$(BIN)/python -m pytest tests
+	$(RUN_ENV) timeout 900 $(MPIEXEC) -n 2 $(BIN)/python -m pytest -m mpi -p no:cacheprovider tests
+
+clean:
+	rm -rf $(VENV) .whl

@@ -1,0 +1,140 @@
+"""Shims that let chainer 7.8.1 and chainercv 0.13.1 run on Python 3.11/3.12 and NumPy 2.
+
+Importing the ``distributed`` package applies them once, before chainer is imported.
+Each shim is applied only when the thing it stands in for is missing, and each has a
+test in tests/test_compat.py that fails without it. ``APPLIED`` lists what was done.
+"""
+import importlib.metadata
+import sys
+import types
+import warnings
+
+import numpy
+
+APPLIED = []
+
+
+def _numpy_sctypes():
+    # chainer.functions.array.as_strided reads np.sctypes at import; NumPy 2.0 removed it.
+    if 'sctypes' in numpy.__dict__:
+        return
+    numpy.sctypes = {
+        'int': [numpy.int8, numpy.int16, numpy.int32, numpy.int64],
+        'uint': [numpy.uint8, numpy.uint16, numpy.uint32, numpy.uint64],
+        'float': [numpy.float16, numpy.float32, numpy.float64, numpy.longdouble],
+        'complex': [numpy.complex64, numpy.complex128, numpy.clongdouble],
+        'others': [bool, object, bytes, str, numpy.void],
+    }
+    APPLIED.append('numpy.sctypes')
+
+
+def _numpy_distutils():
+    # chainer._environment_check imports numpy.distutils.system_info (used only on macOS
+    # to detect Accelerate); numpy.distutils does not exist on Python >= 3.12.
+    try:
+        import numpy.distutils.system_info  # noqa: F401
+        return
+    except ImportError:
+        pass
+    package = types.ModuleType('numpy.distutils')
+    package.__path__ = []
+    system_info = types.ModuleType('numpy.distutils.system_info')
+    system_info.get_info = lambda name, notfound_action=0: {}
+    package.system_info = system_info
+    sys.modules['numpy.distutils'] = package
+    sys.modules['numpy.distutils.system_info'] = system_info
+    APPLIED.append('numpy.distutils.system_info')
+
+
+class _DistributionNotFound(Exception):
+    pass
+
+
+class _VersionConflict(Exception):
+    pass
+
+
+def _require(requirement):
+    from packaging.requirements import Requirement
+    req = Requirement(requirement)
+    try:
+        version = importlib.metadata.version(req.name)
+    except importlib.metadata.PackageNotFoundError:
+        raise _DistributionNotFound(req.name)
+    if req.specifier and not req.specifier.contains(version, prereleases=True):
+        raise _VersionConflict(req.name, version, str(req.specifier))
+    return [_get_distribution(req.name)]
+
+
+def _get_distribution(name):
+    try:
+        return types.SimpleNamespace(project_name=name,
+                                     version=importlib.metadata.version(name))
+    except importlib.metadata.PackageNotFoundError:
+        raise _DistributionNotFound(name)
+
+
+def _pkg_resources():
+    # chainer and chainercv import pkg_resources at run time (version checks); setuptools
+    # >= 81 no longer ships it. Where it exists, import it once with its deprecation
+    # warning silenced, since the warning is about chainer's code, not the user's.
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        try:
+            import pkg_resources  # noqa: F401
+            return
+        except ImportError:
+            pass
+    module = types.ModuleType('pkg_resources')
+    module.DistributionNotFound = _DistributionNotFound
+    module.VersionConflict = _VersionConflict
+    module.ResolutionError = Exception
+    module.require = _require
+    module.get_distribution = _get_distribution
+    sys.modules['pkg_resources'] = module
+    APPLIED.append('pkg_resources')
+
+
+def _raise_no_gpu_nms(*args, **kwargs):
+    raise NotImplementedError(
+        'chainercv GPU non-maximum suppression (_nms_gpu_post) is not built: its '
+        'Cython 0.28 C does not compile on Python >= 3.11 / NumPy 2 (see '
+        'scripts/build_wheels.py). Classification never needs it.')
+
+
+def _chainercv_nms_gpu_post():
+    # chainercv imports its C extension _nms_gpu_post at import time; the wheel built by
+    # scripts/build_wheels.py leaves it out (it serves detection on the GPU only).
+    name = 'chainercv.utils.bbox._nms_gpu_post'
+    try:
+        import importlib.util
+        if importlib.util.find_spec('chainercv') is None:
+            return
+        spec = importlib.util.find_spec(name)
+    except ImportError:
+        spec = None
+    if spec is not None:
+        return
+    module = types.ModuleType(name)
+    module._nms_gpu_post = _raise_no_gpu_nms
+    sys.modules[name] = module
+    APPLIED.append(name)
+
+
+def _chainer_version_warning():
+    # chainer 7.8.1 declares CuPy < 8 and warns on every import when a current CuPy (13,
+    # 14) is installed. That combination is the supported one here (README, "GPUs").
+    import os
+    os.environ.setdefault('CHAINER_WARN_VERSION_MISMATCH', '0')
+
+
+def apply():
+    """Apply every shim that this interpreter needs. Idempotent."""
+    if 'chainer' in sys.modules and not APPLIED:
+        warnings.warn('chainer was imported before distributed; import distributed first '
+                      'so that distributed.compat can prepare NumPy 2 for it.')
+    _numpy_sctypes()
+    _numpy_distutils()
+    _pkg_resources()
+    _chainercv_nms_gpu_post()
+    _chainer_version_warning()
