@@ -1,0 +1,298 @@
+"""Configuration: one dataclass per section, defaults < YAML file < command line.
+
+``load_config(path, overrides)`` returns a validated ``Config``. Overrides are dotted
+``key.sub=value`` strings whose value is read as YAML (``train.epochs=3``,
+``optimizer.decay_epochs=[30,60]``). Unknown keys, wrong types and impossible values raise
+``ConfigError`` naming the key and what to do; nothing is checked anywhere else.
+"""
+import ast
+import dataclasses
+import inspect
+import textwrap
+import typing
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration the job cannot run with; the message says what to change."""
+
+
+@dataclasses.dataclass
+class DataConfig:
+    root: str = 'minisop'
+    """Path to a Stanford_Online_Products folder (with Ebay_train.txt), or 'minisop'
+    for the small generated SOP-format tree that ships with the project."""
+    crop_size: int = 224
+    """Side of the square training and evaluation crops, in pixels."""
+    scale_size: int = 256
+    """Evaluation images are scaled so their shorter side is this, then center-cropped."""
+    loader: str = 'multiprocess'
+    """'multiprocess' (worker processes decode images) or 'serial' (in the rank itself)."""
+    workers: int = 2
+    """Decoding processes per rank with loader 'multiprocess'."""
+    on_bad_image: str = 'skip'
+    """An image that cannot be decoded: 'skip' it (reported by name) or stop with an 'error'."""
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    arch: str = 'resnet50'
+    """'resnet50', 'resnet101' or 'resnet152' (chainercv, arch 'fb')."""
+    zero_gamma: bool = True
+    """Start the last BatchNorm gamma of every bottleneck at zero (Goyal et al. 2017)."""
+
+
+@dataclasses.dataclass
+class OptimizerConfig:
+    lr: float = 0.1
+    """Base learning rate, before scaling by lr_scaling."""
+    lr_scaling: str = 'workers'
+    """'workers': lr x ranks; 'batch': lr x global batch / 256 (Goyal et al.); 'none'."""
+    momentum: float = 0.9
+    """MomentumSGD momentum."""
+    weight_decay: float = 1e-4
+    """L2 weight decay on all parameters except BatchNorm beta and gamma."""
+    warmup_epochs: float = 0.0
+    """Linear warm-up length in epochs (0: none)."""
+    warmup_start: str = '1'
+    """The warm-up starts at the scaled lr x this factor in (0, 1]; 'auto' is
+    min(8 / ranks, 1), as in chainercv's multi-node ImageNet recipe."""
+    decay_epochs: typing.List[float] = dataclasses.field(default_factory=list)
+    """Epochs at which the lr is multiplied by decay_factor."""
+    decay_factor: float = 0.1
+    """Step decay multiplier."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    batch_size: int = 32
+    """Images per rank per iteration (the global batch is this x ranks)."""
+    epochs: float = 90.0
+    """Training length in epochs of the training split."""
+    eval_batch_size: int = 0
+    """Images per rank per evaluation iteration (0: same as batch_size)."""
+    eval_interval: float = 1.0
+    """Evaluate on the test split every this many epochs."""
+    log_interval: int = 0
+    """Iterations between log lines (0: once per epoch)."""
+    seed: int = 0
+    """Seed for data scattering, augmentation and weight initialisation."""
+    progress: bool = True
+    """Show a progress bar on rank 0."""
+
+
+@dataclasses.dataclass
+class CommConfig:
+    communicator: str = 'auto'
+    """ChainerMN communicator name; 'auto': 'naive' on the CPU, 'pure_nccl' on GPUs."""
+    allreduce_dtype: str = 'float32'
+    """Gradient allreduce dtype: 'float32', or 'float16' (needs the pure_nccl communicator)."""
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+    interval: int = 0
+    """Iterations between checkpoints (0: only at the end of each epoch)."""
+    keep: int = 3
+    """How many of the newest checkpoints to keep."""
+
+
+@dataclasses.dataclass
+class Config:
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    """Dataset, augmentation and loading."""
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    """Network."""
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    """MomentumSGD and its lr schedule."""
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    """Training loop."""
+    comm: CommConfig = dataclasses.field(default_factory=CommConfig)
+    """Gradient communication."""
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    """Snapshots for resuming."""
+    out: str = 'results'
+    """Results folder, written by rank 0 only."""
+    device: str = 'auto'
+    """'auto' (a GPU per rank when CuPy finds one, else the CPU), 'cpu', or a GPU id."""
+    resume: str = ''
+    """'' (start fresh), 'auto' (latest checkpoint in out, if any) or a checkpoint path."""
+
+
+CHOICES = {
+    'data.loader': ('multiprocess', 'serial'),
+    'data.on_bad_image': ('skip', 'error'),
+    'model.arch': ('resnet50', 'resnet101', 'resnet152'),
+    'optimizer.lr_scaling': ('workers', 'batch', 'none'),
+    'comm.allreduce_dtype': ('float32', 'float16'),
+}
+POSITIVE = ('data.crop_size', 'data.scale_size', 'data.workers', 'train.batch_size',
+            'train.epochs', 'train.eval_interval', 'checkpoint.keep')
+NON_NEGATIVE = ('optimizer.lr', 'optimizer.momentum', 'optimizer.weight_decay',
+                'optimizer.warmup_epochs', 'optimizer.decay_factor', 'train.eval_batch_size',
+                'train.log_interval', 'checkpoint.interval')
+
+
+def _convert(key, value, kind):
+    """Check ``value`` against the field type ``kind``; ints are accepted as floats."""
+    origin = typing.get_origin(kind)
+    if origin in (list, typing.List):
+        if not isinstance(value, list):
+            raise ConfigError('{} must be a list, e.g. {}=[30,60], not {!r}'.format(
+                key, key, value))
+        return [_convert('{}[{}]'.format(key, i), v, typing.get_args(kind)[0])
+                for i, v in enumerate(value)]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError('{} must be {} {}, not {!r}'.format(
+            key, 'an' if kind is int else 'a', kind.__name__, value))
+    return value
+
+
+def _merge(obj, values, prefix=''):
+    if not isinstance(values, dict):
+        raise ConfigError('{} must be a mapping of keys, not {!r}'.format(
+            prefix.rstrip('.') or 'the config file', values))
+    hints = typing.get_type_hints(type(obj))
+    for name, value in values.items():
+        key = prefix + str(name)
+        if name not in hints:
+            known = ', '.join(prefix + f for f in hints)
+            raise ConfigError('unknown config key {!r}; known keys here: {}'.format(key, known))
+        if dataclasses.is_dataclass(hints[name]):
+            _merge(getattr(obj, name), value, key + '.')
+        else:
+            setattr(obj, name, _convert(key, value, hints[name]))
+
+
+def parse_overrides(overrides):
+    """``['a.b=1', ...]`` -> nested dict, values read as YAML."""
+    tree = {}
+    for item in overrides:
+        key, sep, text = item.partition('=')
+        if not sep or not key:
+            raise ConfigError('override {!r} is not key=value (e.g. train.epochs=3)'.format(item))
+        try:
+            value = yaml.safe_load(text) if text else ''
+        except yaml.YAMLError as e:
+            raise ConfigError('override {}: cannot read {!r} as a value ({})'.format(
+                key, text, e.problem))
+        node = tree
+        parts = key.split('.')
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError('override {} conflicts with another override'.format(key))
+        node[parts[-1]] = value
+    return tree
+
+
+def read_yaml(path):
+    try:
+        with open(path) as f:
+            return yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ConfigError('config file {} does not exist; pass an existing file with -c '
+                          '(see configs/)'.format(path))
+    except yaml.YAMLError as e:
+        raise ConfigError('config file {} is not valid YAML: {}'.format(path, e))
+
+
+def build(schema, path=None, overrides=()):
+    """An instance of the dataclass ``schema``: defaults < YAML at ``path`` < overrides."""
+    obj = schema()
+    where = ''
+    try:
+        if path:
+            where = ' (in {})'.format(path)
+            _merge(obj, read_yaml(path))
+        where = ' (on the command line)'
+        _merge(obj, parse_overrides(overrides))
+    except ConfigError as e:
+        if str(e).startswith('config file'):
+            raise
+        raise ConfigError(str(e) + where)
+    return obj
+
+
+def _get(config, key):
+    for part in key.split('.'):
+        config = getattr(config, part)
+    return config
+
+
+def validate(config):
+    """Invariants of a training config, checked once at load."""
+    for key, choices in CHOICES.items():
+        if _get(config, key) not in choices:
+            raise ConfigError('{} must be one of {}, not {!r}'.format(
+                key, ', '.join(choices), _get(config, key)))
+    for key in POSITIVE:
+        if not _get(config, key) > 0:
+            raise ConfigError('{} must be positive, not {!r}'.format(key, _get(config, key)))
+    for key in NON_NEGATIVE:
+        if _get(config, key) < 0:
+            raise ConfigError('{} must be zero or positive, not {!r}'.format(
+                key, _get(config, key)))
+    if config.data.scale_size < config.data.crop_size:
+        raise ConfigError('data.scale_size ({}) must be at least data.crop_size ({})'.format(
+            config.data.scale_size, config.data.crop_size))
+    if config.optimizer.warmup_start != 'auto' and not _in_unit(config.optimizer.warmup_start):
+        raise ConfigError("optimizer.warmup_start must be 'auto' or in (0, 1], not {!r}".format(
+            config.optimizer.warmup_start))
+    if sorted(config.optimizer.decay_epochs) != config.optimizer.decay_epochs:
+        raise ConfigError('optimizer.decay_epochs must be increasing, not {}'.format(
+            config.optimizer.decay_epochs))
+    if config.device not in ('auto', 'cpu') and not config.device.isdigit():
+        raise ConfigError("device must be 'auto', 'cpu' or a GPU id like 0, not {!r}".format(
+            config.device))
+    if not config.data.root:
+        raise ConfigError('data.root is empty; give the path to Stanford_Online_Products '
+                          '(data.root=/path/to/Stanford_Online_Products) or minisop')
+    if not config.out:
+        raise ConfigError('out is empty; name a results folder, e.g. out=results/run1')
+    return config
+
+
+def _in_unit(text):
+    try:
+        return 0 < float(text) <= 1
+    except ValueError:
+        return False
+
+
+def load_config(path=None, overrides=()):
+    """The validated training ``Config``."""
+    return validate(build(Config, path, overrides))
+
+
+def to_dict(config):
+    return dataclasses.asdict(config)
+
+
+def describe(schema=Config, prefix=''):
+    """``[(key, default, meaning)]`` for every leaf key of ``schema``: the README's table."""
+    rows = []
+    for field in dataclasses.fields(schema):
+        key = prefix + field.name
+        if dataclasses.is_dataclass(field.type):
+            rows += describe(field.type, key + '.')
+        else:
+            default = (field.default_factory() if field.default is dataclasses.MISSING
+                       else field.default)
+            rows.append((key, default, _field_doc(schema, field.name)))
+    return rows
+
+
+def _field_doc(schema, name):
+    """The string literal under a dataclass field: its one-line meaning."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(schema))).body[0].body
+    for field, doc in zip(body, body[1:]):
+        if (isinstance(field, ast.AnnAssign) and field.target.id == name
+                and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant)):
+            return ' '.join(doc.value.value.split())
+    return ''

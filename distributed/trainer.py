@@ -1,0 +1,80 @@
+"""Trainer assembly: updater, multi-node evaluation, cross-rank means, root-only reports."""
+import os
+
+import chainer
+import chainermn
+import yaml
+from chainer.training import extensions
+from chainermn.extensions import ObservationAggregator
+
+from distributed.config import to_dict
+from distributed.optim import schedule_extension
+
+TRAIN_KEYS = ('main/loss', 'main/accuracy')
+
+
+def create_trainer(config, runtime, model, optimizer, train_iter, test_iter, schedule):
+    """A ``chainer.training.Trainer`` whose reports show means over all ranks.
+
+    Every rank registers the collective extensions (evaluation, aggregation); only rank 0
+    registers the ones that print or write, so ``out`` holds exactly one copy of each file.
+    """
+    updater = chainer.training.StandardUpdater(train_iter, optimizer, device=runtime.device)
+    trainer = chainer.training.Trainer(updater, (config.train.epochs, 'epoch'), out=config.out)
+    log_trigger = ((config.train.log_interval, 'iteration') if config.train.log_interval
+                   else (1, 'epoch'))
+    eval_trigger = (config.train.eval_interval, 'epoch')
+
+    trainer.extend(schedule_extension(schedule))
+    for key in TRAIN_KEYS:
+        trainer.extend(ObservationAggregator(runtime.comm, key), name='mean ' + key)
+    evaluator = extensions.Evaluator(test_iter, model, device=runtime.device)
+    trainer.extend(chainermn.create_multi_node_evaluator(evaluator, runtime.comm),
+                   trigger=eval_trigger, name='validation')
+    if runtime.is_root:
+        write_config(config, config.out)
+        add_reports(trainer, config, model, log_trigger, eval_trigger)
+    return trainer
+
+
+def add_reports(trainer, config, model, log_trigger, eval_trigger):
+    """Rank 0's extensions: the log, the console, the plots and the final model."""
+    trainer.extend(extensions.observe_lr(), trigger=log_trigger)
+    trainer.extend(extensions.LogReport(trigger=log_trigger))
+    trainer.extend(extensions.PrintReport(
+        ['epoch', 'iteration', 'main/loss', 'main/accuracy', 'validation/main/loss',
+         'validation/main/accuracy', 'lr', 'elapsed_time']), trigger=log_trigger)
+    if config.train.progress:
+        trainer.extend(extensions.ProgressBar(update_interval=1))
+    trainer.extend(extensions.PlotReport(['main/loss', 'validation/main/loss'], 'epoch',
+                                         trigger=eval_trigger, file_name='loss.png'))
+    trainer.extend(extensions.PlotReport(['main/accuracy', 'validation/main/accuracy'],
+                                         'epoch', trigger=eval_trigger,
+                                         file_name='accuracy.png'))
+    trainer.extend(extensions.snapshot_object(model, 'model.npz'),
+                   trigger=(config.train.epochs, 'epoch'))
+
+
+def write_config(config, out):
+    """The resolved config, so a result folder says how it was made."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, 'config.yaml'), 'w') as f:
+        yaml.safe_dump(to_dict(config), f, sort_keys=False)
+
+
+def summarize(trainer, runtime, config):
+    """Final numbers for the console: test accuracy, wall time, images/s, where results are."""
+    log = trainer.get_extension('LogReport').log if runtime.is_root else []
+    last_eval = next((e for e in reversed(log) if 'validation/main/accuracy' in e), {})
+    elapsed = trainer.elapsed_time
+    images = trainer.updater.iteration * config.train.batch_size * runtime.size
+    return {
+        'test_accuracy': last_eval.get('validation/main/accuracy'),
+        'test_loss': last_eval.get('validation/main/loss'),
+        'iterations': trainer.updater.iteration,
+        'epochs': trainer.updater.epoch_detail,
+        'seconds': elapsed,
+        'images_per_sec': images / elapsed if elapsed else 0.0,
+        'ranks': runtime.size,
+        'out': os.path.abspath(config.out),
+    }
