@@ -5,7 +5,7 @@ import chainer
 import chainermn
 import yaml
 from chainer.training import extensions
-from chainermn.extensions import ObservationAggregator
+import numpy
 
 from distributed.config import to_dict
 from distributed.optim import schedule_extension
@@ -26,8 +26,7 @@ def create_trainer(config, runtime, model, optimizer, train_iter, test_iter, sch
     eval_trigger = (config.train.eval_interval, 'epoch')
 
     trainer.extend(schedule_extension(schedule))
-    for key in TRAIN_KEYS:
-        trainer.extend(ObservationAggregator(runtime.comm, key), name='mean ' + key)
+    trainer.extend(mean_across_ranks(runtime.comm, TRAIN_KEYS))
     evaluator = extensions.Evaluator(test_iter, model, device=runtime.device)
     trainer.extend(chainermn.create_multi_node_evaluator(evaluator, runtime.comm),
                    trigger=eval_trigger, name='validation')
@@ -35,6 +34,23 @@ def create_trainer(config, runtime, model, optimizer, train_iter, test_iter, sch
         write_config(config, config.out)
         add_reports(trainer, config, model, log_trigger, eval_trigger)
     return trainer
+
+
+def mean_across_ranks(comm, keys):
+    """Replace each rank's observed ``keys`` by their mean over all ranks, every iteration.
+
+    One small allreduce for all keys. (chainermn's ObservationAggregator needs ChainerX
+    and does a gather and a broadcast per key.)
+    """
+    def average(trainer):
+        values = numpy.array([float(trainer.observation[k].array if hasattr(
+            trainer.observation[k], 'array') else trainer.observation[k]) for k in keys])
+        total = comm.mpi_comm.allreduce(values)
+        for key, value in zip(keys, total / comm.size):
+            trainer.observation[key] = value
+    return chainer.training.make_extension(
+        trigger=(1, 'iteration'), priority=chainer.training.PRIORITY_EDITOR,
+        default_name='mean_across_ranks')(average)
 
 
 def add_reports(trainer, config, model, log_trigger, eval_trigger):

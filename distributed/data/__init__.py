@@ -21,7 +21,7 @@ def create_datasets(config, runtime, mean):
             train, test = sop.load_split(root, 'train'), sop.load_split(root, 'test')
     else:
         error = None
-    error = runtime.comm.bcast_obj(error, root=0)
+    error = runtime.comm.mpi_comm.bcast(error, root=0)
     if error:
         raise sop.DataError(error)
     seed = config.train.seed
