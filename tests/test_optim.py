@@ -1,0 +1,90 @@
+import chainer
+import chainer.functions as F
+import chainermn
+import numpy
+import pytest
+
+from distributed.config import load_config
+from distributed.optim import create_optimizer, create_schedule, scaled_lr
+
+
+def test_lr_scaling_rules():
+    assert scaled_lr(0.1, 'workers', 8, 32) == pytest.approx(0.8)
+    assert scaled_lr(0.1, 'batch', 8, 32) == pytest.approx(0.1)   # global batch 256
+    assert scaled_lr(0.1, 'batch', 32, 32) == pytest.approx(0.4)
+    assert scaled_lr(0.1, 'none', 8, 32) == pytest.approx(0.1)
+
+
+def test_warmup_then_step_decay():
+    config = load_config(None, ['optimizer.warmup_epochs=5', 'optimizer.warmup_start=auto',
+                                'optimizer.decay_epochs=[30,60,80]'])
+    schedule = create_schedule(config, ranks=16, iters_per_epoch=100)
+    peak = 0.1 * 16
+    assert schedule(0) == pytest.approx(peak * 0.5)           # min(8 / 16, 1)
+    assert schedule(250) == pytest.approx(peak * 0.75)        # half-way through warm-up
+    assert schedule(500) == pytest.approx(peak)
+    assert schedule(2999) == pytest.approx(peak)
+    assert schedule(3000) == pytest.approx(peak * 0.1)
+    assert schedule(6000) == pytest.approx(peak * 0.01)
+    assert schedule(8000) == pytest.approx(peak * 0.001)
+
+
+class Linear(chainer.Chain):
+    def __init__(self):
+        super().__init__()
+        with self.init_scope():
+            self.fc = chainer.links.Linear(6, 3, initialW=numpy.arange(18).reshape(3, 6) / 50)
+            self.bn = chainer.links.BatchNormalization(3)  # its gamma/beta get no decay
+
+    def forward(self, x, t):
+        return F.softmax_cross_entropy(self.fc(x), t)
+
+
+def update_once(model, optimizer, x, t):
+    model.cleargrads()
+    loss = model(x, t)
+    loss.backward()
+    optimizer.update()
+
+
+@pytest.mark.mpi
+def test_update_on_n_ranks_equals_one_rank_with_n_times_the_batch(world):
+    """ranks x batch b == 1 rank x batch (ranks x b): the gradient mean across ranks."""
+    comm = chainermn.create_communicator('naive')
+    rng = numpy.random.RandomState(0)
+    b = 4
+    x = rng.randn(b * comm.size, 6).astype(numpy.float32)
+    t = rng.randint(0, 3, b * comm.size).astype(numpy.int32)
+    config = load_config(None, ['optimizer.lr_scaling=none', 'optimizer.weight_decay=0.01'])
+    schedule = create_schedule(config, comm.size, iters_per_epoch=10)
+
+    model = Linear()
+    optimizer = create_optimizer(config, model, comm, schedule)
+    optimizer.update()  # chainermn's first update() only broadcasts rank 0's weights
+    for _ in range(2):  # the second update also checks the momentum buffers
+        update_once(model, optimizer, x[comm.rank * b:(comm.rank + 1) * b],
+                    t[comm.rank * b:(comm.rank + 1) * b])
+
+    reference = Linear()
+    sgd = chainer.optimizers.MomentumSGD(lr=0.1, momentum=0.9)
+    sgd.setup(reference)
+    reference.fc.W.update_rule.add_hook(chainer.optimizer_hooks.WeightDecay(0.01))
+    reference.fc.b.update_rule.add_hook(chainer.optimizer_hooks.WeightDecay(0.01))
+    for _ in range(2):
+        update_once(reference, sgd, x, t)
+
+    numpy.testing.assert_allclose(model.fc.W.array, reference.fc.W.array, rtol=1e-5, atol=1e-7)
+    numpy.testing.assert_allclose(model.fc.b.array, reference.fc.b.array, rtol=1e-5, atol=1e-7)
+    assert not numpy.allclose(model.fc.W.array, Linear().fc.W.array)  # it did move
+    assert model.fc.W.array.dtype == numpy.float32
+
+
+def test_weight_decay_skips_batchnorm_beta_and_gamma():
+    config = load_config(None, [])
+    model = Linear()
+    comm = chainermn.create_communicator('naive')
+    create_optimizer(config, model, comm, create_schedule(config, 1, 10))
+    hooks = {name: list(param.update_rule._hookable._pre_update_hooks)
+             for name, param in model.namedparams()}
+    assert hooks['/fc/W'] and hooks['/fc/b']
+    assert hooks['/bn/gamma'] == [] and hooks['/bn/beta'] == []
