@@ -1,19 +1,7 @@
-"""Shared fixtures: a small SOP-format tree, the MPI world, and launcher runs."""
-import os
-import subprocess
-import sys
-
+"""Shared fixtures: a small SOP-format tree and the MPI world."""
 import pytest
 
 import distributed  # noqa: F401  (compat shims before chainer)
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.dirname(sys.executable)
-MPIEXEC = os.path.join(BIN, 'mpiexec') if os.path.exists(os.path.join(BIN, 'mpiexec')) \
-    else 'mpiexec'
-# Small enough for a CPU test: ResNet-50 still runs end to end at 32 px.
-TINY = ['data.crop_size=32', 'data.scale_size=36', 'data.loader=serial', 'train.batch_size=4',
-        'train.progress=false', 'device=cpu', 'optimizer.warmup_epochs=0']
 
 
 @pytest.fixture(scope='session')
@@ -28,13 +16,3 @@ def small_sop(tmp_path_factory):
 def world():
     from mpi4py import MPI
     return MPI.COMM_WORLD
-
-
-def run_launcher(module, args, ranks=1, timeout=300, cwd=None, env=None):
-    """Run ``python -m module args`` as one process or under ``mpiexec -n ranks``."""
-    command = [sys.executable, '-m', module] + list(args)
-    if ranks > 1:
-        command = [MPIEXEC, '-n', str(ranks)] + command
-    environment = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=REPO, **(env or {}))
-    return subprocess.run(command, cwd=cwd or REPO, env=environment, timeout=timeout,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
