@@ -62,3 +62,10 @@ def test_every_key_has_a_meaning():
 def test_shipped_configs_load():
     for name in ('configs/smoke.yaml', 'configs/sop_resnet50.yaml'):
         assert build(Config, name).model.arch == 'resnet50'
+
+
+def test_readme_table_lists_every_key():
+    import os
+    readme = open(os.path.join(os.path.dirname(__file__), '..', 'README.md')).read()
+    missing = [key for key, _, _ in describe(Config) if '| `{}` |'.format(key) not in readme]
+    assert not missing, 'add these keys to the README table: {}'.format(missing)
