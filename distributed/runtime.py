@@ -2,9 +2,18 @@
 import dataclasses
 import multiprocessing
 import os
+import socket
+import sys
+import warnings
 
 import chainer
 import chainermn
+import numpy
+
+from distributed import comm as comm_module
+
+GPU_COMMUNICATORS = ('pure_nccl', 'flat', 'non_cuda_aware')
+"""ChainerMN communicators that move CuPy arrays (none of them runs on the CPU)."""
 
 
 class RuntimeError_(RuntimeError):
@@ -17,6 +26,10 @@ class Runtime:
     """The ChainerMN communicator (size 1 when run without mpiexec)."""
     device: chainer.backend.Device
     """The device this rank computes on."""
+    communicator: str = ''
+    """The communicator's name (``comm.communicator`` with 'auto' resolved)."""
+    nodes: int = 1
+    """Machines the ranks run on."""
 
     @property
     def rank(self):
@@ -35,6 +48,10 @@ class Runtime:
         """Rank 0 alone reports, plots and writes results."""
         return self.comm.rank == 0
 
+    @property
+    def on_gpu(self):
+        return self.device.xp is not numpy
+
 
 def _start_forkserver():
     # MultiprocessIterator workers must not be forked from a process that holds an MPI
@@ -45,52 +62,126 @@ def _start_forkserver():
     p.join()
 
 
-def gpu_count():
+def probe_gpus():
+    """``(count, why)``: GPUs CuPy sees, and when none, a sentence saying why."""
     try:
         import cupy
-        return cupy.cuda.runtime.getDeviceCount()
-    except Exception:
-        return 0
+    except ImportError:
+        return 0, ('CuPy is not installed (pip install cupy-cuda12x or cupy-cuda13x, '
+                   'matching the CUDA driver)')
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:
+        return 0, 'CuPy {} finds no usable GPU ({}: {})'.format(
+            cupy.__version__, type(e).__name__, e)
+    if count == 0:
+        return 0, 'CuPy {} sees no GPU (CUDA_VISIBLE_DEVICES={!r})'.format(
+            cupy.__version__, os.environ.get('CUDA_VISIBLE_DEVICES'))
+    return count, ''
 
 
-def select_device(setting, intra_rank, size):
-    """``chainer.backend.Device`` for this rank from the config's ``device`` setting."""
-    if setting == 'cpu' or (setting == 'auto' and gpu_count() == 0):
+def select_device(setting, local_index, size, gpus=None):
+    """``chainer.backend.Device`` for this rank from the config's ``device`` setting.
+
+    ``local_index`` is this rank's place among the ranks of its node that see the same
+    GPUs (its node-local rank unless the launcher gave each rank its own
+    CUDA_VISIBLE_DEVICES). ``gpus`` is ``probe_gpus()``'s answer (probed when None).
+    Raises ``RuntimeError_`` saying what to change.
+    """
+    if setting == 'cpu':
         return chainer.get_device('@numpy')
-    n = gpu_count()
-    if n == 0:
-        raise RuntimeError_('device={} asks for a GPU, but CuPy finds none (is CuPy installed '
-                            'and CUDA visible?); use device=cpu to train on the CPU'.format(setting))
+    count, why = gpus if gpus is not None else probe_gpus()
+    if setting == 'auto' and count == 0:
+        return chainer.get_device('@numpy')
+    if count == 0:
+        raise RuntimeError_('device={} asks for a GPU, but {}. Use device=cpu (or auto) to '
+                            'train on the CPU.'.format(setting, why))
     if setting == 'auto':
-        if intra_rank >= n:
-            raise RuntimeError_('{} ranks on this node but only {} GPUs visible; start at most '
-                                '{} ranks per node (one per GPU)'.format(intra_rank + 1, n, n))
-        index = intra_rank
+        if local_index >= count:
+            raise RuntimeError_(
+                'device=auto: {} ranks on this node share {} visible GPU(s); start at most '
+                '{} rank(s) per node, one per GPU (mpiexec -npernode/-ppn {}, or srun '
+                '--ntasks-per-node={}).'.format(local_index + 1, count, count, count, count))
+        index = local_index
     else:
         index = int(setting)
         if size > 1:
-            raise RuntimeError_('device={} names one GPU, but {} ranks run; use device=auto '
-                                'so each rank takes the GPU of its node-local rank'.format(
-                                    setting, size))
-        if index >= n:
-            raise RuntimeError_('device={}: only {} GPUs visible'.format(setting, n))
+            raise RuntimeError_(
+                'device={} names one GPU, but {} ranks run; use device=auto so that each '
+                'rank takes the GPU of its node-local rank.'.format(setting, size))
+        if index >= count:
+            raise RuntimeError_('device={}: only {} GPU(s) visible (ids 0 to {}).'.format(
+                setting, count, count - 1))
     return chainer.get_device('@cupy:{}'.format(index))
 
 
+def nccl_available():
+    """NCCL as ChainerMN sees it (CuPy 14's ``cupy.cuda.nccl`` imports without libnccl)."""
+    from chainermn import nccl
+    return nccl._available
+
+
 def communicator_name(setting, device):
+    """'auto': ``pure_nccl`` on GPUs (``flat`` without NCCL), the in-place one on the CPU."""
     if setting != 'auto':
         return setting
-    if device.xp is chainer.backend.CpuDevice().xp:
-        return 'naive'
-    try:
-        from cupy.cuda import nccl  # noqa: F401
-        return 'pure_nccl'
-    except ImportError:
-        return 'flat'
+    if device.xp is numpy:
+        return comm_module.INPLACE
+    return 'pure_nccl' if nccl_available() else 'flat'
+
+
+def check_communicator(name, device, allreduce_dtype):
+    """Raise ``RuntimeError_`` for a communicator that cannot work on ``device``."""
+    on_gpu = device.xp is not numpy
+    if name in GPU_COMMUNICATORS and not on_gpu:
+        raise RuntimeError_(
+            'comm.communicator={} moves GPU arrays, but this rank computes on the CPU; use '
+            'comm.communicator=auto (or {} / naive) on the CPU.'.format(
+                name, comm_module.INPLACE))
+    if name in ('pure_nccl', 'non_cuda_aware') and not nccl_available():
+        raise RuntimeError_(
+            'comm.communicator={} needs NCCL, which CuPy cannot load here; install it '
+            '(pip install nvidia-nccl-cu12 or nvidia-nccl-cu13, matching CuPy) or use '
+            'comm.communicator=flat with a CUDA-aware MPI.'.format(name))
+    if allreduce_dtype == 'float16' and name != 'pure_nccl':
+        raise RuntimeError_(
+            'comm.allreduce_dtype=float16 needs the pure_nccl communicator on GPUs, but '
+            'this run uses {} on the {}; use comm.allreduce_dtype=float32.'.format(
+                name, 'GPU' if on_gpu else 'CPU'))
+
+
+def set_precision(dtype):
+    """``train.dtype``: 'mixed16' makes chainer keep activations and conv/linear weights in
+    float16 (BatchNorm stays float32); the optimizer keeps float32 master copies."""
+    chainer.global_config.dtype = (chainer.mixed16 if dtype == 'mixed16'
+                                   else numpy.dtype(dtype))
+
+
+def input_converter(batch, device=None):
+    """``concat_examples`` that casts float inputs to chainer's compute dtype (float16 under
+    mixed16, where the float32 images from the transforms would not match the weights)."""
+    arrays = chainer.dataset.concat_examples(batch, device)
+    dtype = chainer.get_dtype()
+    if dtype == numpy.float32:
+        return arrays
+    return tuple(a.astype(dtype) if a.dtype.kind == 'f' else a for a in arrays)
+
+
+def _local_index(node_comm):
+    # Ranks of a node given different CUDA_VISIBLE_DEVICES (srun --gpu-bind, or a wrapper
+    # script) each see their own GPU as 0; ranks seeing the same GPUs divide them in order.
+    mine = os.environ.get('CUDA_VISIBLE_DEVICES')
+    seen = node_comm.allgather(mine)
+    return sum(1 for other in seen[:node_comm.rank] if other == mine)
 
 
 def create_runtime(config):
-    """Start MPI (or a size-1 world without mpiexec) and pick this rank's device."""
+    """Start MPI (or a size-1 world without mpiexec) and pick this rank's device.
+
+    Every check runs on every rank and the outcome is shared, so a problem on one rank
+    (a node with fewer GPUs) makes every rank raise the same ``RuntimeError_`` instead of
+    leaving the others waiting in a collective.
+    """
     if config.data.loader == 'multiprocess':
         _start_forkserver()
     # One rank raising an uncaught exception aborts every rank instead of leaving them
@@ -99,15 +190,98 @@ def create_runtime(config):
         chainermn.global_except_hook.add_hook()
     from mpi4py import MPI
     world = MPI.COMM_WORLD
-    intra_rank = world.Split_type(MPI.COMM_TYPE_SHARED).rank
-    device = select_device(config.device, intra_rank, world.size)
-    name = communicator_name(config.comm.communicator, device)
+    node = world.Split_type(MPI.COMM_TYPE_SHARED)
+    local_index = _local_index(node)
+    nodes = world.allreduce(1 if node.rank == 0 else 0)
+    node.Free()
+    device = name = error = None
+    try:
+        device = select_device(config.device, local_index, world.size)
+        name = communicator_name(config.comm.communicator, device)
+        check_communicator(name, device, config.comm.allreduce_dtype)
+    except RuntimeError_ as e:
+        error = str(e)
+    errors = world.allgather(error)
+    failed = [(rank, e) for rank, e in enumerate(errors) if e]
+    if failed:
+        rank, message = failed[0]
+        if world.size > 1:
+            message = 'rank {} ({} of {} ranks failed): {}'.format(
+                rank, len(failed), world.size, message)
+        raise RuntimeError_(message)
+    set_precision(getattr(config.train, 'dtype', 'float32'))
     kwargs = {}
     if config.comm.allreduce_dtype == 'float16':
         kwargs['allreduce_grad_dtype'] = 'float16'
     try:
-        comm = chainermn.create_communicator(name, **kwargs)
+        comm = comm_module.create_communicator(name, **kwargs)
     except ValueError as e:
         raise RuntimeError_('comm.communicator={}: {}'.format(name, e))
     device.use()
-    return Runtime(comm=comm, device=device)
+    return Runtime(comm=comm, device=device, communicator=name, nodes=nodes)
+
+
+def _version(name):
+    try:
+        import importlib.metadata
+        return importlib.metadata.version(name)
+    except Exception:
+        return None
+
+
+def _cuda_version(code):
+    return '{}.{}'.format(code // 1000, code % 1000 // 10)
+
+
+def _gpu_lines(runtime):
+    try:
+        import cupy
+    except ImportError:
+        return ['CuPy: not installed (CPU only)']
+    if not runtime.on_gpu:
+        return ['CuPy {}: installed, not used (device=cpu, or no GPU)'.format(
+            cupy.__version__)]
+    from chainer.backends import cuda
+    rt = cupy.cuda.runtime
+    props = rt.getDeviceProperties(runtime.device.device.id)
+    name = props['name'].decode() if isinstance(props['name'], bytes) else props['name']
+    lines = ['CuPy {}, CUDA runtime {} (driver {}), GPU {}: {} ({:.0f} GiB)'.format(
+        cupy.__version__, _cuda_version(rt.runtimeGetVersion()),
+        _cuda_version(rt.driverGetVersion()), runtime.device.device.id, name,
+        props['totalGlobalMem'] / 2 ** 30)]
+    if cuda.cudnn_enabled:
+        lines.append('cuDNN {}'.format(cuda.cuda.cudnn.getVersion()))
+    else:
+        lines.append('cuDNN: absent (CuPy >= 14 has no cuDNN support): chainer runs '
+                     'convolutions, pooling and batch norm with CuPy kernels '
+                     '(im2col + cuBLAS), slower than cuDNN')
+    if nccl_available():
+        from cupy.cuda import nccl
+        code = nccl.get_version()
+        lines.append('NCCL {}.{}.{}'.format(code // 10000, code % 10000 // 100, code % 100))
+    else:
+        lines.append('NCCL: absent (gradients go through MPI, which must be CUDA-aware)')
+    return lines
+
+
+def describe_runtime(runtime):
+    """What this job runs on, for rank 0 to print once at start. Not collective."""
+    from mpi4py import MPI
+    import chainercv
+    where = 'GPU' if runtime.on_gpu else 'CPU'
+    dtype = chainer.config.dtype
+    precision = 'mixed16' if dtype is chainer.mixed16 else numpy.dtype(dtype).name
+    lines = ['runtime: {} rank(s) on {} node(s), one {} each, communicator {}, '
+             'precision {}'.format(runtime.size, runtime.nodes, where, runtime.communicator,
+                                   precision),
+             '  Python {}, chainer {}, chainercv {}, NumPy {}'.format(
+                 sys.version.split()[0], chainer.__version__, chainercv.__version__,
+                 numpy.__version__)]
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        lines += ['  ' + line for line in _gpu_lines(runtime)]
+    library = MPI.Get_library_version().strip().splitlines()[0]
+    lines.append('  MPI: {} (MPI {}.{}, mpi4py {}), host {}'.format(
+        ' '.join(library.split()), *MPI.Get_version(), _version('mpi4py'),
+        socket.gethostname()))
+    return '\n'.join(lines)

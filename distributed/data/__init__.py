@@ -5,45 +5,45 @@ import numpy
 from chainer.datasets import TransformDataset
 
 from distributed.data import sop
+from distributed.data.safe_images import SkipUnreadable, SopImages, gather_skipped
 from distributed.data.transforms import TrainTransform, ValTransform
 
 
 def create_datasets(config, runtime, mean):
     """This rank's shards of the train and test splits, with their transforms.
 
-    Rank 0 reads the index files and checks the tree; the train split is shuffled and
-    scattered in disjoint shards of equal length, the test split in order.
+    Rank 0 reads the index files and checks the tree; ``scatter_dataset`` shuffles the
+    train split and gives every rank a disjoint shard of equal length. Files that do not
+    decode are handled by ``data.on_bad_image`` (see ``safe_images``).
     """
     root = sop.resolve_root(config.data.root)
     train = test = None
     if runtime.is_root:
         error = sop.check_tree(root)
         if not error:
-            train, test = sop.load_split(root, 'train'), sop.load_split(root, 'test')
+            train, test = SopImages(root, 'train'), SopImages(root, 'test')
     else:
         error = None
     error = runtime.comm.mpi_comm.bcast(error, root=0)
     if error:
         raise sop.DataError(error)
-    if runtime.is_root:
-        train = equal_shards(train, runtime.size, config.train.seed)
-    train = chainermn.scatter_dataset(train, runtime.comm)
+    seed = config.train.seed
+    train = chainermn.scatter_dataset(train, runtime.comm, shuffle=True, seed=seed)
     test = chainermn.scatter_dataset(test, runtime.comm)
     crop, scale = config.data.crop_size, config.data.scale_size
-    return (TransformDataset(train, TrainTransform(mean, crop)),
-            TransformDataset(test, ValTransform(mean, crop, scale)))
+    policy = config.data.on_bad_image
+    return (SkipUnreadable(TransformDataset(train, TrainTransform(mean, crop)), policy,
+                           runtime.rank),
+            SkipUnreadable(TransformDataset(test, ValTransform(mean, crop, scale)), policy,
+                           runtime.rank))
 
 
-def equal_shards(dataset, size, seed):
-    """``dataset`` shuffled and cut to a multiple of ``size``, so that scattering it gives
-    disjoint shards of equal length: every rank then agrees where an epoch ends. At most
-    size - 1 images are left out (chainermn would instead repeat some on two ranks)."""
-    order = numpy.random.RandomState(seed).permutation(len(dataset))
-    return chainer.datasets.SubDataset(dataset, 0, len(dataset) // size * size, order)
+def create_iterators(config, train, test, rank=0):
+    """Training iterator (shuffling, repeating) and test iterator (one ordered pass).
 
-
-def create_iterators(config, train, test):
-    """Training iterator (shuffling, repeating) and test iterator (one ordered pass)."""
+    The training order comes from a generator seeded with train.seed + rank, whose state
+    checkpoints save, so a resumed run visits the same samples as an uninterrupted one.
+    """
     batch = config.train.batch_size
     eval_batch = config.train.eval_batch_size or batch
     if config.data.loader == 'multiprocess':
@@ -52,5 +52,18 @@ def create_iterators(config, train, test):
     else:
         make = chainer.iterators.SerialIterator
         options = {}
-    return (make(train, batch, **options),
+    order = chainer.iterators.ShuffleOrderSampler(
+        numpy.random.RandomState(config.train.seed + rank))
+    return (make(train, batch, order_sampler=order, **options),
             make(test, eval_batch, repeat=False, shuffle=False, **options))
+
+
+def unreadable_report(datasets, comm):
+    """``(count, message)`` about the files skipped on all ranks; collective."""
+    skipped = gather_skipped(datasets, comm)
+    for dataset in datasets:
+        dataset.close()
+    if not skipped:
+        return 0, ''
+    return len(skipped), 'skipped {} unreadable image(s): {}{}'.format(
+        len(skipped), ', '.join(skipped[:10]), ' ...' if len(skipped) > 10 else '')

@@ -1,6 +1,8 @@
 """The Stanford Online Products (SOP) format: label names, index files, validation."""
 import os
 
+import chainer
+
 # The 12 super-classes in SOP order (super_class_id 1..12). chainercv's
 # online_products_super_label_names misspells two of them ('chainer', 'coffe_maker').
 SUPER_CLASS_NAMES = (
@@ -79,7 +81,11 @@ def check_tree(root):
     return None
 
 
-def load_split(root, split):
-    """chainercv's ``OnlineProductsDataset`` as (image, super_label) pairs."""
+def load_split(root, split, paths=False):
+    """chainercv's ``OnlineProductsDataset`` as (image, super_label) pairs; with ``paths``,
+    (image file path, super_label) pairs, for transforms that decode only what they need."""
     from chainercv.datasets import OnlineProductsDataset
-    return OnlineProductsDataset(root, split=split).slice[:, ('img', 'super_label')]
+    dataset = OnlineProductsDataset(root, split=split)
+    if paths:
+        return chainer.datasets.TupleDataset(dataset.paths, dataset.super_class_ids)
+    return dataset.slice[:, ('img', 'super_label')]

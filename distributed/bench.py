@@ -1,0 +1,383 @@
+"""Throughput and communication measurements: ``launch.benchmark`` runs ``run_benchmark``.
+
+Three measurements, each next to its baseline from the same run:
+- training: ResNet steps on synthetic in-memory data through the product's runtime,
+  multi-node optimizer and communicator; each step split into data wait, forward,
+  backward, gradient allreduce and update;
+- allreduce: the product's ``multi_node_mean_grad`` of the model's real gradients against
+  raw mpi4py ``Allreduce`` of the same bytes (one flat buffer, and one call per array) and
+  against ChainerMN's stock ``naive`` communicator, rounds interleaved;
+- input pipeline (per core): chainercv's default path (decode to float32, random-sized
+  crop, resize, flip, mean) against the product's ``TrainTransform`` on file paths, and a
+  bare full-size decode of the same JPEGs, rounds interleaved.
+"""
+import dataclasses
+import math
+import os
+import platform
+import shutil
+import tempfile
+import time
+
+import chainer
+import numpy
+
+from distributed import config as config_module
+from distributed.data import fastimage
+from distributed.data.transforms import TrainTransform
+
+PIPELINE_SIZES = (300, 640)
+"""Side range of the generated JPEGs: the sizes of Stanford Online Products photos."""
+
+
+@dataclasses.dataclass
+class BenchConfig:
+    arch: str = 'resnet50'
+    """'resnet50', 'resnet101' or 'resnet152'."""
+    crop_size: int = 64
+    """Side of the synthetic training images, in pixels."""
+    batch_size: int = 16
+    """Images per rank per iteration."""
+    iterations: int = 10
+    """Timed training iterations."""
+    warmup: int = 2
+    """Untimed iterations first (at least 1: the first update only broadcasts weights)."""
+    communicator: str = 'auto'
+    """ChainerMN communicator name, or 'inplace'; 'auto' as in training."""
+    allreduce_dtype: str = 'float32'
+    """Gradient allreduce dtype: 'float32' or 'float16' (pure_nccl only)."""
+    allreduce_rounds: int = 10
+    """Rounds of the allreduce comparison (each round runs every pattern once)."""
+    pipeline_images: int = 32
+    """JPEGs generated for the input-pipeline comparison (0: skip it)."""
+    pipeline_rounds: int = 3
+    """Passes over those JPEGs per path, interleaved."""
+    pipeline_crop: int = 224
+    """Output side of the input-pipeline comparison."""
+    device: str = 'auto'
+    """'auto', 'cpu' or a GPU id, as in training."""
+    seed: int = 0
+    """Seed of the synthetic data and the generated JPEGs."""
+    out: str = 'results/benchmark'
+    """Folder of benchmark.json (rank 0 writes it)."""
+
+
+POSITIVE = ('crop_size', 'batch_size', 'iterations', 'warmup', 'allreduce_rounds',
+            'pipeline_rounds', 'pipeline_crop')
+
+
+def load_bench_config(path=None, overrides=()):
+    """The validated ``BenchConfig``: defaults < YAML at ``path`` < key=value overrides."""
+    config = config_module.build(BenchConfig, path, overrides)
+    for key in POSITIVE:
+        if getattr(config, key) <= 0:
+            raise config_module.ConfigError('{} must be positive, not {!r}'.format(
+                key, getattr(config, key)))
+    if config.pipeline_images < 0:
+        raise config_module.ConfigError('pipeline_images must be 0 or more, not {!r}'.format(
+            config.pipeline_images))
+    # The training schema checks arch, dtype and device; reuse it rather than repeat it.
+    config_module.validate(training_config(config))
+    return config
+
+
+def training_config(bench):
+    """The training ``Config`` the runtime, model and optimizer are built from."""
+    config = config_module.Config()
+    config.model.arch = bench.arch
+    config.data.crop_size = bench.crop_size
+    config.data.scale_size = max(bench.crop_size, config.data.scale_size)
+    config.data.loader = 'serial'
+    config.train.batch_size = bench.batch_size
+    config.comm.communicator = bench.communicator
+    config.comm.allreduce_dtype = bench.allreduce_dtype
+    config.device = bench.device
+    config.out = bench.out
+    return config
+
+
+def _synchronizer(device):
+    if isinstance(device, chainer.backend.GpuDevice):
+        return device.device.synchronize
+    return lambda: None
+
+
+class _TimedComm:
+    """The communicator, with the time spent in ``multi_node_mean_grad`` added up."""
+
+    def __init__(self, comm, sync):
+        self._comm = comm
+        self._sync = sync
+        self.seconds = 0.0
+
+    def __getattr__(self, name):
+        return getattr(self._comm, name)
+
+    def multi_node_mean_grad(self, model, zero_fill=False):
+        self._sync()
+        start = time.perf_counter()
+        self._comm.multi_node_mean_grad(model, zero_fill)
+        self._sync()
+        self.seconds += time.perf_counter() - start
+
+
+def measure_training(config, runtime, model):
+    """Mean seconds per iteration of each part of a training step on this rank."""
+    from distributed.optim import create_optimizer
+    sync = _synchronizer(runtime.device)
+    rng = numpy.random.RandomState(config.seed + runtime.rank)
+    pool = [(rng.uniform(-128, 128, (3, config.crop_size, config.crop_size)).astype(
+        numpy.float32), numpy.int32(rng.randint(12))) for _ in range(2 * config.batch_size)]
+    iterator = chainer.iterators.SerialIterator(pool, config.batch_size)
+    comm = _TimedComm(runtime.comm, sync)
+    optimizer = create_optimizer(training_config(config), model, comm, lambda iteration: 0.1)
+    actual = optimizer.actual_optimizer
+    times = {'forward': 0.0, 'update': 0.0}
+
+    def timed(part, function):
+        def call(*args, **kwargs):
+            sync()
+            start = time.perf_counter()
+            result = function(*args, **kwargs)
+            sync()
+            times[part] += time.perf_counter() - start
+            return result
+        return call
+
+    # The plain optimizer's update is what the multi-node optimizer calls after the
+    # allreduce; shadowing it on this instance times it without changing it.
+    actual.update = timed('update', actual.update)
+    lossfun = timed('forward', model)
+    rows = []
+    for i in range(config.warmup + config.iterations):
+        comm.seconds = times['forward'] = times['update'] = 0.0
+        start = time.perf_counter()
+        x, t = chainer.dataset.concat_examples(iterator.next(), runtime.device)
+        sync()
+        fetched = time.perf_counter()
+        optimizer.update(lossfun, x, t)
+        sync()
+        end = time.perf_counter()
+        if i >= config.warmup:
+            rest = end - fetched
+            rows.append({
+                'data': fetched - start, 'forward': times['forward'],
+                'backward': rest - times['forward'] - times['update'] - comm.seconds,
+                'allreduce': comm.seconds, 'update': times['update'], 'step': end - start})
+    del actual.update
+    return {key: float(numpy.mean([row[key] for row in rows])) for key in rows[0]}
+
+
+def _rounds(mpi_comm, patterns, rounds):
+    """Median over ``rounds`` of each pattern's slowest-rank time; patterns interleave."""
+    samples = {name: [] for name in patterns}
+    for _ in range(rounds):
+        for name, function in patterns.items():
+            mpi_comm.Barrier()
+            start = time.perf_counter()
+            function()
+            samples[name].append(time.perf_counter() - start)
+    result = {}
+    for name, values in samples.items():
+        slowest = numpy.array(values, numpy.float64)
+        mpi_comm.Allreduce(_in_place(), slowest, op=_max())
+        result[name] = float(numpy.median(slowest))
+    return result
+
+
+def _max():
+    from mpi4py import MPI
+    return MPI.MAX
+
+
+def _in_place():
+    from mpi4py import MPI
+    return MPI.IN_PLACE
+
+
+def measure_allreduce(config, runtime, model):
+    """Seconds per gradient allreduce: the product's, stock naive's, and raw MPI's."""
+    from mpi4py import MPI
+    import chainermn
+    mpi_comm = runtime.comm.mpi_comm
+    sync = _synchronizer(runtime.device)
+    grads = [chainer.backend.CpuDevice().send(param.grad)
+             for _, param in sorted(model.namedparams()) if param.grad is not None]
+    flat = numpy.concatenate([g.ravel() for g in grads])
+
+    def product():
+        runtime.comm.multi_node_mean_grad(model)
+        sync()
+
+    def raw_flat():
+        mpi_comm.Allreduce(MPI.IN_PLACE, flat)
+
+    def raw_arrays():
+        for grad in grads:
+            mpi_comm.Allreduce(MPI.IN_PLACE, grad)
+
+    patterns = {'product': product, 'raw_flat': raw_flat, 'raw_arrays': raw_arrays}
+    naive = None
+    if runtime.device.xp is numpy and type(runtime.comm).__name__ != 'NaiveCommunicator':
+        naive = chainermn.create_communicator('naive', mpi_comm=mpi_comm)
+        patterns['naive'] = lambda: naive.multi_node_mean_grad(model)
+    if config.allreduce_dtype == 'float32' and runtime.device.xp is not numpy:
+        try:
+            half = chainermn.create_communicator('pure_nccl', mpi_comm=mpi_comm,
+                                                 allreduce_grad_dtype='float16')
+            patterns['fp16'] = lambda: (half.multi_node_mean_grad(model), sync())
+        except Exception:
+            pass
+    times = _rounds(mpi_comm, patterns, config.allreduce_rounds)
+    raw = min(times['raw_flat'], times['raw_arrays'])
+    return {
+        'allreduce_s': times['product'],
+        'allreduce_raw_s': raw,
+        'allreduce_raw_flat_s': times['raw_flat'],
+        'allreduce_raw_arrays_s': times['raw_arrays'],
+        'allreduce_naive_s': times.get('naive'),
+        'allreduce_fp16_s': times.get('fp16'),
+        'allreduce_ratio': times['product'] / raw if raw else 1.0,
+        'allreduce_naive_ratio': times['naive'] / raw if raw and 'naive' in times else None,
+        'allreduce_bytes': int(flat.nbytes),
+        'allreduce_arrays': len(grads),
+    }
+
+
+def write_jpegs(folder, count, seed=0, sizes=PIPELINE_SIZES):
+    """``count`` photo-like JPEGs of SOP sizes (sides in ``sizes``), a few grayscale."""
+    from PIL import Image
+    rng = numpy.random.RandomState(seed)
+    paths = []
+    for i in range(count):
+        width, height = (int(v) for v in rng.randint(sizes[0], sizes[1] + 1, size=2))
+        y, x = numpy.mgrid[0:height, 0:width].astype(numpy.float32)
+        phase = rng.uniform(0, 6.3, 3)
+        channels = [127 + 100 * numpy.sin(x / rng.uniform(20, 80) + y / rng.uniform(20, 80)
+                                          + p) for p in phase]
+        pixels = numpy.stack(channels, -1) + rng.normal(0, 12, (height, width, 1))
+        image = Image.fromarray(numpy.clip(pixels, 0, 255).astype(numpy.uint8))
+        if i % 8 == 7:
+            image = image.convert('L')
+        path = os.path.join(folder, '{:04d}.JPG'.format(i))
+        image.save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def chainercv_train_transform(path, crop_size, mean):
+    """chainercv's default training path, as the tutorial wrote it: the baseline."""
+    from chainercv import transforms, utils
+    img = utils.read_image(path, color=True)
+    img = transforms.random_sized_crop(img)
+    img = transforms.resize(img, (crop_size, crop_size))
+    img = transforms.random_flip(img, x_random=True)
+    img -= mean
+    return img
+
+
+def measure_pipeline(config, runtime, mean):
+    """Images per second on one core for each input path (mean over ranks)."""
+    folder = tempfile.mkdtemp(prefix='bench_jpegs_')
+    try:
+        paths = write_jpegs(folder, config.pipeline_images, config.seed + runtime.rank)
+        crop = config.pipeline_crop
+        product = TrainTransform(mean, crop)
+        paths_of = {
+            'baseline': lambda: [chainercv_train_transform(p, crop, mean) for p in paths],
+            'product': lambda: [product((p, 0)) for p in paths],
+            'decode': lambda: [fastimage.decode_full(p) for p in paths],
+        }
+        samples = {name: [] for name in paths_of}
+        for _ in range(config.pipeline_rounds):
+            for name, function in paths_of.items():
+                start = time.perf_counter()
+                function()
+                samples[name].append(len(paths) / (time.perf_counter() - start))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    mpi_comm = runtime.comm.mpi_comm
+    rate = {name: mpi_comm.allreduce(float(numpy.median(v))) / mpi_comm.size
+            for name, v in samples.items()}
+    return {
+        'pipeline_img_per_sec': rate['product'],
+        'pipeline_baseline_img_per_sec': rate['baseline'],
+        'pipeline_speedup': rate['product'] / rate['baseline'],
+        'decode_img_per_sec': rate['decode'],
+        'pipeline_vs_decode': rate['product'] / rate['decode'],
+        'cores_for_1000_img_per_sec': math.ceil(1000 / rate['product']),
+        'cores_for_3000_img_per_sec': math.ceil(3000 / rate['product']),
+        'pipeline_crop': crop,
+        'pipeline_images': len(paths),
+    }
+
+
+def _mpi_library():
+    from mpi4py import MPI
+    return MPI.Get_library_version().strip().splitlines()[0]
+
+
+def run_benchmark(config, runtime):
+    """Every measurement, on every rank; the returned dict is the same on all ranks."""
+    from distributed.model import create_model
+    model = create_model(config.arch)
+    mean = chainer.backend.CpuDevice().send(model.predictor.mean)
+    model.to_device(runtime.device)
+    mpi_comm = runtime.comm.mpi_comm
+    parts = measure_training(config, runtime, model)
+    slowest = {key: mpi_comm.allreduce(value, op=_max()) for key, value in parts.items()}
+    per_rank = config.batch_size / parts['step']
+    result = {
+        'ranks': runtime.size,
+        'images_per_sec': mpi_comm.allreduce(per_rank),
+        'images_per_sec_per_rank': per_rank,
+        'step_s': slowest['step'],
+        'parts_s': slowest,
+        'exposed_comm_share': slowest['allreduce'] / slowest['step'],
+        'communicator': type(runtime.comm).__name__,
+    }
+    result.update(measure_allreduce(config, runtime, model))
+    if config.pipeline_images:
+        result.update(measure_pipeline(config, runtime, mean))
+    result.update({
+        'machine': {'host': platform.node(), 'cpus': os.cpu_count(),
+                    'processor': platform.processor() or platform.machine(),
+                    'omp_num_threads': os.environ.get('OMP_NUM_THREADS'),
+                    'mpi': _mpi_library(), 'device': str(runtime.device)},
+        'config': dataclasses.asdict(config),
+    })
+    return result
+
+
+def format_table(result):
+    """The readable report of ``run_benchmark``'s result."""
+    ms = 1000.0
+    parts = result['parts_s']
+    lines = [
+        'ResNet training, {ranks} rank(s), {communicator}: {images_per_sec:.1f} img/s total, '
+        '{images_per_sec_per_rank:.1f} img/s per rank'.format(**result),
+        '  step {:.1f} ms = data {:.1f} + forward {:.1f} + backward {:.1f} + allreduce '
+        '{:.1f} + update {:.1f} (slowest rank per part); exposed communication {:.1%}'.format(
+            *(parts[k] * ms for k in ('step', 'data', 'forward', 'backward', 'allreduce',
+                                      'update')), result['exposed_comm_share']),
+        'Gradient allreduce, {:.1f} MB in {} arrays (median of slowest rank):'.format(
+            result['allreduce_bytes'] / 1e6, result['allreduce_arrays']),
+        '  product {:.1f} ms | raw flat {:.1f} ms | raw per-array {:.1f} ms | '
+        'product / best raw {:.2f}x'.format(
+            result['allreduce_s'] * ms, result['allreduce_raw_flat_s'] * ms,
+            result['allreduce_raw_arrays_s'] * ms, result['allreduce_ratio'])]
+    if result['allreduce_naive_s'] is not None:
+        lines.append('  chainermn naive {:.1f} ms ({:.2f}x best raw)'.format(
+            result['allreduce_naive_s'] * ms, result['allreduce_naive_ratio']))
+    if result['allreduce_fp16_s'] is not None:
+        lines.append('  pure_nccl float16 {:.1f} ms'.format(result['allreduce_fp16_s'] * ms))
+    if 'pipeline_img_per_sec' in result:
+        lines += [
+            'Input pipeline, {pipeline_crop} px crops of {pipeline_images} SOP-sized JPEGs, '
+            'img/s per core:'.format(**result),
+            '  product {pipeline_img_per_sec:.0f} | chainercv default '
+            '{pipeline_baseline_img_per_sec:.0f} ({pipeline_speedup:.2f}x) | bare full-size '
+            'decode {decode_img_per_sec:.0f} ({pipeline_vs_decode:.2f}x)'.format(**result),
+            '  cores to feed one GPU: {cores_for_1000_img_per_sec} at 1,000 img/s, '
+            '{cores_for_3000_img_per_sec} at 3,000 img/s'.format(**result)]
+    return '\n'.join(lines)
