@@ -1,5 +1,7 @@
 """Trainer assembly: updater, multi-node evaluation, cross-rank means, root-only reports."""
 import os
+import signal
+import socket
 
 import chainer
 import chainermn
@@ -7,8 +9,11 @@ import yaml
 from chainer.training import extensions
 import numpy
 
+from distributed import checkpoint
 from distributed.config import to_dict
+from distributed.data import unreadable_report
 from distributed.optim import schedule_extension
+from distributed.runtime import input_converter
 
 TRAIN_KEYS = ('main/loss', 'main/accuracy')
 
@@ -19,7 +24,8 @@ def create_trainer(config, runtime, model, optimizer, train_iter, test_iter, sch
     Every rank registers the collective extensions (evaluation, aggregation); only rank 0
     registers the ones that print or write, so ``out`` holds exactly one copy of each file.
     """
-    updater = chainer.training.StandardUpdater(train_iter, optimizer, device=runtime.device)
+    updater = chainer.training.StandardUpdater(train_iter, optimizer, device=runtime.device,
+                                               converter=input_converter)
     trainer = chainer.training.Trainer(updater, (config.train.epochs, 'epoch'), out=config.out)
     log_trigger = ((config.train.log_interval, 'iteration') if config.train.log_interval
                    else (1, 'epoch'))
@@ -27,13 +33,45 @@ def create_trainer(config, runtime, model, optimizer, train_iter, test_iter, sch
 
     trainer.extend(schedule_extension(schedule))
     trainer.extend(mean_across_ranks(runtime.comm, TRAIN_KEYS))
-    evaluator = extensions.Evaluator(test_iter, model, device=runtime.device)
+    evaluator = extensions.Evaluator(test_iter, model, device=runtime.device,
+                                     converter=input_converter)
     trainer.extend(chainermn.create_multi_node_evaluator(evaluator, runtime.comm),
                    trigger=eval_trigger, name='validation')
     if runtime.is_root:
         write_config(config, config.out)
         add_reports(trainer, config, model, log_trigger, eval_trigger)
+    checkpoint.attach(trainer, runtime.comm, runtime.is_root, config.checkpoint.interval,
+                      config.checkpoint.keep)
     return trainer
+
+
+def run(trainer, config, runtime, datasets):
+    """Resume as ``config.resume`` says, train, and return ``summarize``'s numbers.
+
+    SIGTERM or SIGINT on any rank makes every rank stop after the same iteration with a
+    checkpoint written; the summary's ``stopped_by`` then names the signal.
+    """
+    where = runtime.comm.mpi_comm.gather('{} pid {} on {}'.format(
+        runtime.rank, os.getpid(), socket.gethostname()))
+    resumed = checkpoint.load(trainer, runtime.comm, runtime.is_root, config.resume,
+                              config.out)
+    if runtime.is_root:
+        # Lets a message from mpiexec about a process id be traced to its rank.
+        print('ranks: ' + ', '.join(where), flush=True)
+        if resumed:
+            print('resumed from {} at iteration {}'.format(*resumed), flush=True)
+    checkpointer = trainer.get_extension('checkpointer')
+    try:
+        trainer.run()
+    finally:
+        checkpointer.stop_signal.uninstall()
+    skipped, report = unreadable_report(datasets, runtime.comm)
+    summary = summarize(trainer, runtime, config)
+    summary.update(stopped_by=checkpointer.stopped_by, checkpoint=checkpointer.last_path,
+                   skipped=skipped, skipped_report=report)
+    if checkpointer.stopped_by:
+        summary['signal'] = signal.Signals(checkpointer.stopped_by).name
+    return summary
 
 
 def mean_across_ranks(comm, keys):
@@ -76,6 +114,21 @@ def write_config(config, out):
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, 'config.yaml'), 'w') as f:
         yaml.safe_dump(to_dict(config), f, sort_keys=False)
+
+
+def describe(summary):
+    """The run's closing lines for the console."""
+    lines = ['warning: ' + summary['skipped_report']] if summary['skipped_report'] else []
+    if summary['stopped_by']:
+        lines.append('stopped by {signal} at iteration {iterations}; checkpoint {checkpoint}; '
+                     'continue with resume=auto'.format(**summary))
+        return '\n'.join(lines)
+    test = ('test accuracy {test_accuracy:.3f} (loss {test_loss:.3f})'.format(**summary)
+            if summary['test_accuracy'] is not None else 'not evaluated')
+    lines.append('{} after {epochs:.2f} epochs ({iterations} iterations), {seconds:.0f} s, '
+                 '{images_per_sec:.1f} images/s on {ranks} ranks; results in {out}'.format(
+                     test, **summary))
+    return '\n'.join(lines)
 
 
 def summarize(trainer, runtime, config):

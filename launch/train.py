@@ -1,16 +1,23 @@
-"""Train ResNet on SOP super-classes: ``[mpiexec -n N] python -m launch.train -c FILE k=v``."""
+"""Train ResNet on SOP super-classes: ``[mpiexec -n N] python -m launch.train -c FILE k=v``.
+
+Exit codes: 0 done; 2 bad config, data or checkpoint (every rank says so); 3 an image that
+cannot be decoded with data.on_bad_image=error (the job is aborted); 128 + signal number
+(143 SIGTERM, 130 SIGINT) stopped by a signal after writing a checkpoint.
+"""
 import argparse
 import sys
 
 import distributed  # noqa: F401  (applies the compat shims before chainer is imported)
 import yaml
+from distributed.checkpoint import CheckpointError, seed_random_state
 from distributed.config import ConfigError, load_config, to_dict
 from distributed.data import create_datasets, create_iterators
+from distributed.data.safe_images import BadImageError
 from distributed.data.sop import DataError
 from distributed.model import create_model, mean_of
 from distributed.optim import create_optimizer, create_schedule
-from distributed.runtime import RuntimeError_, create_runtime
-from distributed.trainer import create_trainer, summarize
+from distributed.runtime import RuntimeError_, create_runtime, describe_runtime
+from distributed.trainer import create_trainer, describe, run
 
 
 def parse_args(argv):
@@ -25,38 +32,42 @@ def parse_args(argv):
 
 def train(config):
     runtime = create_runtime(config)
+    if runtime.is_root:
+        print(describe_runtime(runtime), flush=True)
+    seed_random_state(config.train.seed, 0)  # the same initial weights on every rank
     model = create_model(config.model.arch, zero_gamma=config.model.zero_gamma)
+    seed_random_state(config.train.seed, runtime.rank)  # augmentation differs per rank
     train_set, test_set = create_datasets(config, runtime, mean_of(model))
     model.to_device(runtime.device)
-    train_iter, test_iter = create_iterators(config, train_set, test_set)
+    train_iter, test_iter = create_iterators(config, train_set, test_set, runtime.rank)
     iters_per_epoch = len(train_set) / config.train.batch_size
     schedule = create_schedule(config, runtime.size, iters_per_epoch)
     optimizer = create_optimizer(config, model, runtime.comm, schedule)
     trainer = create_trainer(config, runtime, model, optimizer, train_iter, test_iter, schedule)
-    trainer.run()
-    return runtime, summarize(trainer, runtime, config)
+    return runtime, run(trainer, config, runtime, (train_set, test_set))
 
 
 def main(argv=None):
     args = parse_args(argv)
+    from mpi4py import MPI
     try:
         config = load_config(args.config, args.overrides)
         if args.print_config:
             print(yaml.safe_dump(to_dict(config), sort_keys=False), end='')
             return 0
         runtime, summary = train(config)
-    except (ConfigError, DataError, RuntimeError_) as e:
-        # Every rank meets the same error (config and data checks are collective); one
-        # rank says it.
-        from mpi4py import MPI
+    except (ConfigError, DataError, RuntimeError_, CheckpointError) as e:
+        # Every rank meets the same error (these checks are collective); one rank says it.
         if MPI.COMM_WORLD.rank == 0:
             print('error: {}'.format(e), file=sys.stderr)
         return 2
+    except BadImageError as e:
+        # Met by one rank inside the loop while the others wait in a collective: abort all.
+        print('error: {}'.format(e), file=sys.stderr, flush=True)
+        MPI.COMM_WORLD.Abort(3)
     if runtime.is_root:
-        print('test accuracy {test_accuracy:.3f} (loss {test_loss:.3f}) after {epochs:.1f} '
-              'epochs, {seconds:.0f} s, {images_per_sec:.1f} images/s on {ranks} ranks; '
-              'results in {out}'.format(**summary))
-    return 0
+        print(describe(summary), file=sys.stderr if summary['stopped_by'] else sys.stdout)
+    return 128 + summary['stopped_by'] if summary['stopped_by'] else 0
 
 
 if __name__ == '__main__':

@@ -5,37 +5,48 @@ import numpy
 from chainer.datasets import TransformDataset
 
 from distributed.data import sop
-from distributed.data.safe_images import SkipUnreadable, SopImages, gather_skipped
+from distributed.data.safe_images import SkipUnreadable, Tolerant, gather_skipped
 from distributed.data.transforms import TrainTransform, ValTransform
 
 
 def create_datasets(config, runtime, mean):
     """This rank's shards of the train and test splits, with their transforms.
 
-    Rank 0 reads the index files and checks the tree; ``scatter_dataset`` shuffles the
-    train split and gives every rank a disjoint shard of equal length. Files that do not
-    decode are handled by ``data.on_bad_image`` (see ``safe_images``).
+    Rank 0 reads the index files and checks the tree; the train split is shuffled and
+    scattered in disjoint shards of equal length, the test split in order. Examples are
+    (file path, label) pairs decoded by the transforms; files that do not decode are
+    handled as ``data.on_bad_image`` says (see ``safe_images``).
     """
     root = sop.resolve_root(config.data.root)
     train = test = None
     if runtime.is_root:
         error = sop.check_tree(root)
         if not error:
-            train, test = SopImages(root, 'train'), SopImages(root, 'test')
+            train = sop.load_split(root, 'train', paths=True)
+            test = sop.load_split(root, 'test', paths=True)
     else:
         error = None
     error = runtime.comm.mpi_comm.bcast(error, root=0)
     if error:
         raise sop.DataError(error)
-    seed = config.train.seed
-    train = chainermn.scatter_dataset(train, runtime.comm, shuffle=True, seed=seed)
+    if runtime.is_root:
+        train = equal_shards(train, runtime.size, config.train.seed)
+    train = chainermn.scatter_dataset(train, runtime.comm)
     test = chainermn.scatter_dataset(test, runtime.comm)
     crop, scale = config.data.crop_size, config.data.scale_size
-    policy = config.data.on_bad_image
-    return (SkipUnreadable(TransformDataset(train, TrainTransform(mean, crop)), policy,
-                           runtime.rank),
-            SkipUnreadable(TransformDataset(test, ValTransform(mean, crop, scale)), policy,
-                           runtime.rank))
+    policy, rank = config.data.on_bad_image, runtime.rank
+    return (SkipUnreadable(TransformDataset(train, Tolerant(TrainTransform(mean, crop))),
+                           policy, rank),
+            SkipUnreadable(TransformDataset(test, Tolerant(ValTransform(mean, crop, scale))),
+                           policy, rank))
+
+
+def equal_shards(dataset, size, seed):
+    """``dataset`` shuffled and cut to a multiple of ``size``, so that scattering it gives
+    disjoint shards of equal length: every rank then agrees where an epoch ends. At most
+    size - 1 images are left out (chainermn would instead repeat some on two ranks)."""
+    order = numpy.random.RandomState(seed).permutation(len(dataset))
+    return chainer.datasets.SubDataset(dataset, 0, len(dataset) // size * size, order)
 
 
 def create_iterators(config, train, test, rank=0):
