@@ -80,6 +80,8 @@ class TrainConfig:
     """Seed for data scattering, augmentation and weight initialisation."""
     progress: bool = True
     """Show a progress bar on rank 0."""
+    dtype: str = 'float32'
+    """'float32', or 'mixed16' (chainer's mixed precision with dynamic loss scaling; for GPUs)."""
 
 
 @dataclasses.dataclass
@@ -126,6 +128,7 @@ CHOICES = {
     'model.arch': ('resnet50', 'resnet101', 'resnet152'),
     'optimizer.lr_scaling': ('workers', 'batch', 'none'),
     'comm.allreduce_dtype': ('float32', 'float16'),
+    'train.dtype': ('float32', 'mixed16'),
 }
 POSITIVE = ('data.crop_size', 'data.scale_size', 'data.workers', 'train.batch_size',
             'train.epochs', 'train.eval_interval', 'checkpoint.keep')

@@ -52,6 +52,11 @@ def create_optimizer(config, model, comm, schedule):
     optimizer = chainermn.create_multi_node_optimizer(
         chainer.optimizers.MomentumSGD(lr=schedule(0), momentum=config.optimizer.momentum),
         comm)
+    if config.train.dtype == 'mixed16':
+        # float32 master copies of the float16 weights, and a loss scale that keeps small
+        # float16 gradients from flushing to zero (and skips steps that overflow).
+        optimizer.use_fp32_update()
+        optimizer.loss_scaling()
     optimizer.setup(model)
     if config.optimizer.weight_decay > 0:
         decay = WeightDecay(config.optimizer.weight_decay)
