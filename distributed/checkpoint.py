@@ -18,6 +18,7 @@ import os
 import pickle
 import random
 import re
+import shutil
 import signal
 
 import chainer
@@ -164,6 +165,10 @@ class Checkpointer(chainer.training.Extension):
         self._snapshot._target = self._state
         if self.is_root:
             self._snapshot.initialize(trainer)
+            # A process killed mid-write leaves chainer's temporary folder behind.
+            for name in os.listdir(trainer.out):
+                if name.startswith('tmpsnapshot_iter_'):
+                    shutil.rmtree(os.path.join(trainer.out, name), ignore_errors=True)
 
     def due(self, trainer):
         updater = trainer.updater

@@ -63,6 +63,9 @@ def run(trainer, config, runtime, datasets):
     checkpointer = trainer.get_extension('checkpointer')
     try:
         trainer.run()
+        # Rank 0 may still be writing the last checkpoint; a signal meanwhile must not
+        # find the other ranks already without their handlers.
+        runtime.comm.mpi_comm.barrier()
     finally:
         checkpointer.stop_signal.uninstall()
     skipped, report = unreadable_report(datasets, runtime.comm)
