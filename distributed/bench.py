@@ -381,3 +381,37 @@ def format_table(result):
             '  cores to feed one GPU: {cores_for_1000_img_per_sec} at 1,000 img/s, '
             '{cores_for_3000_img_per_sec} at 3,000 img/s'.format(**result)]
     return '\n'.join(lines)
+
+
+def scaling_report(results, png=None):
+    """A table of img/s and scaling efficiency against ranks (and a plot at ``png``)."""
+    base = results[0]['images_per_sec'] / results[0]['ranks']
+    rows = ['ranks  img/s total  img/s/rank  efficiency  allreduce ms  exposed comm',
+            '-----  -----------  ----------  ----------  ------------  ------------']
+    efficiency = []
+    for r in results:
+        efficiency.append(r['images_per_sec'] / (r['ranks'] * base))
+        rows.append('{:5d}  {:11.1f}  {:10.1f}  {:9.0%}  {:12.1f}  {:11.1%}'.format(
+            r['ranks'], r['images_per_sec'], r['images_per_sec'] / r['ranks'],
+            efficiency[-1], r['parts_s']['allreduce'] * 1000, r['exposed_comm_share']))
+    if png:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+        ranks = [r['ranks'] for r in results]
+        fig, left = plt.subplots(figsize=(6, 4))
+        left.plot(ranks, [r['images_per_sec'] for r in results], 'o-', label='img/s')
+        left.plot(ranks, [base * n for n in ranks], ':', color='gray', label='linear')
+        left.set_xlabel('ranks')
+        left.set_ylabel('images/s (total)')
+        left.set_xticks(ranks)
+        right = left.twinx()
+        right.plot(ranks, [e * 100 for e in efficiency], 's--', color='C1',
+                   label='efficiency')
+        right.set_ylabel('scaling efficiency (%)')
+        right.set_ylim(0, 110)
+        fig.legend(loc='lower right')
+        fig.tight_layout()
+        fig.savefig(png)
+        plt.close(fig)
+    return '\n'.join(rows)

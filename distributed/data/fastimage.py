@@ -29,7 +29,10 @@ def _decode_box(image, box, out_size):
         factor = min(box_w / out_size[0], box_h / out_size[1])
         if factor >= 2:
             image.draft('RGB', (math.ceil(width / factor), math.ceil(height / factor)))
-    sx, sy = image.size[0] / width, image.size[1] / height
+    # The DCT scale is a power of two; the reduced size is rounded up, so the ratio of
+    # sizes is not the scale and would shift the box towards the far edges.
+    scale = 1.0 / round(width / image.size[0])
+    sx = sy = scale
     if image.mode != 'RGB':
         image = image.convert('RGB')
     return image, (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
