@@ -1,0 +1,276 @@
+"""Testing a trained model: exact top-k counts and a confusion matrix summed over all ranks.
+
+Every rank counts its shard of the split; one integer allreduce makes the totals, so any
+number of ranks gives exactly the numbers of a single process, uneven shards included.
+Rank 0 prints the report and writes ``eval.json`` and ``confusion.png`` into ``out``.
+"""
+import dataclasses
+import json
+import math
+import os
+import pickle
+import sys
+import zipfile
+
+import chainer
+import chainermn
+import numpy
+from chainer.datasets import TransformDataset
+
+from distributed.config import Config, ConfigError, ModelConfig, build, validate
+from distributed.data import sop
+from distributed.data.transforms import ValTransform
+from distributed.model import create_model, mean_of
+
+TOP_K = (1, 5)
+SPLITS = ('test', 'train')
+
+
+@dataclasses.dataclass
+class WeightsModelConfig(ModelConfig):
+    path: str = ''
+    """The trained weights: a model.npz written by launch.train ('' means out/model.npz)."""
+
+
+@dataclasses.dataclass
+class EvalConfig(Config):
+    model: WeightsModelConfig = dataclasses.field(default_factory=WeightsModelConfig)
+    """Network and its trained weights (model=PATH is short for model.path=PATH)."""
+    split: str = 'test'
+    """The SOP split to evaluate on: 'test' or 'train'."""
+
+
+def expand_shorthand(overrides):
+    """``model=PATH`` names the weights file; ``model`` is also the network's section."""
+    return ['model.path=' + o[len('model='):] if o.startswith('model=') else o
+            for o in overrides]
+
+
+def weights_path(config):
+    return config.model.path or os.path.join(config.out, 'model.npz')
+
+
+def check_weights(config):
+    path = weights_path(config)
+    if not os.path.isfile(path):
+        raise ConfigError('model file {} does not exist; pass the model.npz that launch.train '
+                          'wrote, e.g. model=results/smoke/model.npz (make train makes one)'
+                          .format(path))
+    return config
+
+
+def load_eval_config(path=None, overrides=()):
+    """The validated ``EvalConfig`` (the training keys are read and checked too)."""
+    config = validate(build(EvalConfig, path, expand_shorthand(overrides)))
+    if config.split not in SPLITS:
+        raise ConfigError('split must be one of {}, not {!r}'.format(
+            ', '.join(SPLITS), config.split))
+    return check_weights(config)
+
+
+def load_model(config):
+    """The classifier of ``config.model`` with the weights of ``weights_path(config)``."""
+    model = create_model(config.model.arch, zero_gamma=config.model.zero_gamma)
+    path = weights_path(config)
+    try:
+        chainer.serializers.load_npz(path, model)
+    except (KeyError, ValueError, OSError, EOFError, pickle.UnpicklingError,
+            zipfile.BadZipFile) as e:
+        raise ConfigError('model file {} cannot be loaded into a model.arch={} classifier '
+                          '({}: {}); pass a model.npz written by launch.train with the same '
+                          'model.arch'.format(path, config.model.arch, type(e).__name__, e))
+    # A model saved before its first forward pass holds no weights for lazily sized
+    # layers; loading it would leave them randomly initialised, silently.
+    empty = [name for name, param in model.namedparams() if param.array is None]
+    if empty:
+        raise ConfigError('model file {} holds no weights for {} (saved before any forward '
+                          'pass); pass a model.npz written by launch.train'.format(
+                              path, ', '.join(empty[:3])))
+    return model
+
+
+def topk_hits(scores, labels, k):
+    """Whether each row's label is among its ``k`` highest scores (ties: lower index first)."""
+    top = numpy.argsort(-scores, axis=1, kind='stable')[:, :min(k, scores.shape[1])]
+    return (top == labels[:, None]).any(axis=1)
+
+
+@dataclasses.dataclass
+class Counts:
+    confusion: numpy.ndarray
+    """(classes, classes) int64: rows are true classes, columns top-1 predictions."""
+    hits: numpy.ndarray
+    """(len(TOP_K), classes) int64: images of each true class whose label is in the top k."""
+
+    @classmethod
+    def zeros(cls, n_class):
+        return cls(numpy.zeros((n_class, n_class), numpy.int64),
+                   numpy.zeros((len(TOP_K), n_class), numpy.int64))
+
+    def add(self, scores, labels):
+        scores, labels = numpy.asarray(scores), numpy.asarray(labels, dtype=numpy.int64)
+        top1 = numpy.argsort(-scores, axis=1, kind='stable')[:, 0]
+        numpy.add.at(self.confusion, (labels, top1), 1)
+        for row, k in zip(self.hits, TOP_K):
+            numpy.add.at(row, labels, topk_hits(scores, labels, k).astype(numpy.int64))
+
+
+def allreduce_counts(counts, comm):
+    """The sum of every rank's counts, in one allreduce of integers (exact)."""
+    flat = numpy.concatenate([counts.confusion.ravel(), counts.hits.ravel()])
+    total = comm.mpi_comm.allreduce(flat)
+    n = counts.confusion.size
+    return Counts(total[:n].reshape(counts.confusion.shape),
+                  total[n:].reshape(counts.hits.shape))
+
+
+def summarize(counts, names=sop.SUPER_CLASS_NAMES):
+    """The ``eval.json`` content: ``n``, ``top1``, ``top5``, ``per_class``, ``confusion``."""
+    n = int(counts.confusion.sum())
+    totals = counts.hits.sum(axis=1)
+    per_class = []
+    for i, name in enumerate(names):
+        count = int(counts.confusion[i].sum())
+        per_class.append({
+            'id': i, 'name': name, 'count': count, 'correct': int(counts.confusion[i, i]),
+            'accuracy': int(counts.confusion[i, i]) / count if count else None,
+            'top5': int(counts.hits[TOP_K.index(5), i]) / count if count else None})
+    result = {'n': n}
+    for k, total in zip(TOP_K, totals):
+        result['top{}'.format(k)] = int(total) / n if n else None
+    result['per_class'] = per_class
+    result['confusion'] = counts.confusion.tolist()
+    return result
+
+
+def format_report(result, split='test'):
+    """The console table: overall top-1 / top-5, then accuracy and count per super-class."""
+    def pct(v):
+        return '   -  ' if v is None else '{:6.1%}'.format(v)
+    lines = ['{} split: {} images, top-1 {}, top-5 {}'.format(
+        split, result['n'], pct(result['top1']).strip(), pct(result['top5']).strip()),
+        '  {:>2}  {:<14}{:>8}{:>8}{:>7}'.format('id', 'super-class', 'top-1', 'top-5', 'count')]
+    for row in result['per_class']:
+        lines.append('  {:>2}  {:<14}{:>8}{:>8}{:>7}'.format(
+            row['id'], row['name'], pct(row['accuracy']), pct(row['top5']), row['count']))
+    return '\n'.join(lines)
+
+
+def plot_confusion(confusion, path, names=sop.SUPER_CLASS_NAMES, title='confusion'):
+    """Row-normalised confusion matrix as a PNG (rows: true class, columns: predicted)."""
+    # Figure without pyplot renders with Agg and leaves the global backend alone.
+    from matplotlib.figure import Figure
+    confusion = numpy.asarray(confusion, dtype=numpy.float64)
+    rows = confusion.sum(axis=1, keepdims=True)
+    norm = numpy.divide(confusion, rows, out=numpy.zeros_like(confusion), where=rows > 0)
+    fig = Figure(figsize=(7.5, 6.5))
+    ax = fig.add_subplot(1, 1, 1)
+    image = ax.imshow(norm, cmap='Blues', vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label='fraction of the true class')
+    ticks = range(len(names))
+    ax.set_xticks(ticks, labels=names, rotation=60, ha='right', fontsize=8)
+    ax.set_yticks(ticks, labels=['{} ({})'.format(nm, int(r)) for nm, r in zip(names, rows[:, 0])],
+                  fontsize=8)
+    ax.set_xlabel('predicted super-class')
+    ax.set_ylabel('true super-class (images)')
+    ax.set_title(title)
+    for (i, j), v in numpy.ndenumerate(norm):
+        if confusion[i, j]:
+            ax.text(j, i, '{:.2f}'.format(v).lstrip('0'), ha='center', va='center', fontsize=6,
+                    color='white' if v > 0.5 else 'black')
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def load_shard(config, runtime, mean):
+    """This rank's part of ``config.split``: shards differ in length by at most one image."""
+    root = sop.resolve_root(config.data.root)
+    dataset = error = None
+    if runtime.is_root:
+        error = sop.check_tree(root)
+        if not error:
+            dataset = sop.load_split(root, config.split)
+    error = runtime.comm.mpi_comm.bcast(error, root=0)
+    if error:
+        raise sop.DataError(error)
+    # Equal-length shards would repeat images and change the counts.
+    shard = chainermn.scatter_dataset(dataset, runtime.comm, force_equal_length=False)
+    return TransformDataset(
+        shard, ValTransform(mean, config.data.crop_size, config.data.scale_size))
+
+
+class Progress:
+    """One line per batch on a stream (rewritten in place on a terminal)."""
+
+    def __init__(self, what, total, stream=sys.stderr):
+        self.what, self.total, self.stream = what, total, stream
+        self.end = '\r' if stream.isatty() else '\n'
+
+    def __call__(self, done):
+        self.stream.write('{}: batch {}/{}{}'.format(
+            self.what, done, self.total, '\n' if done == self.total else self.end))
+        self.stream.flush()
+
+
+def count_shard(model, dataset, config, device, progress=None):
+    """Counts of this rank's shard, one forward pass per batch in test mode."""
+    counts = Counts.zeros(len(sop.SUPER_CLASS_NAMES))
+    batch_size = config.train.eval_batch_size or config.train.batch_size
+    if len(dataset) == 0:
+        return counts
+    if config.data.loader == 'multiprocess':
+        iterator = chainer.iterators.MultiprocessIterator(
+            dataset, batch_size, repeat=False, shuffle=False, n_processes=config.data.workers)
+    else:
+        iterator = chainer.iterators.SerialIterator(dataset, batch_size, repeat=False,
+                                                    shuffle=False)
+    cpu = chainer.backend.CpuDevice()
+    try:
+        for i, batch in enumerate(iterator, 1):
+            x, t = chainer.dataset.concat_examples(batch, device)
+            with chainer.using_config('train', False), chainer.no_backprop_mode():
+                y = model.predictor(x)
+            counts.add(cpu.send(y.array), cpu.send(t))
+            if progress:
+                progress(i)
+    finally:
+        iterator.finalize()
+    return counts
+
+
+def evaluate(config, runtime):
+    """Top-k accuracy, per-class table and confusion of the whole split, on every rank.
+
+    Rank 0 shows progress and writes ``eval.json`` and ``confusion.png`` into ``out``.
+    """
+    error = None
+    try:
+        model = load_model(config)
+    except ConfigError as e:
+        error = str(e)
+    # A rank that cannot load the weights must not leave the others in a collective.
+    errors = [e for e in runtime.comm.mpi_comm.allgather(error) if e]
+    if errors:
+        raise ConfigError(errors[0])
+    dataset = load_shard(config, runtime, mean_of(model))
+    model.to_device(runtime.device)
+    batch_size = config.train.eval_batch_size or config.train.batch_size
+    progress = None
+    if runtime.is_root:
+        progress = Progress('evaluate {} (rank 0 of {})'.format(config.split, runtime.size),
+                            math.ceil(len(dataset) / batch_size))
+    counts = count_shard(model, dataset, config, runtime.device, progress)
+    result = summarize(allreduce_counts(counts, runtime.comm))
+    if runtime.is_root:
+        write_results(result, config)
+    return result
+
+
+def write_results(result, config):
+    os.makedirs(config.out, exist_ok=True)
+    with open(os.path.join(config.out, 'eval.json'), 'w') as f:
+        json.dump(dict(result, split=config.split, model=weights_path(config)), f, indent=1)
+        f.write('\n')
+    plot_confusion(result['confusion'], os.path.join(config.out, 'confusion.png'),
+                   title='{} split, {} images: top-1 {:.1%}'.format(
+                       config.split, result['n'], result['top1'] or 0.0))
