@@ -1,0 +1,93 @@
+"""Classify image files with a trained model: the top-k super-classes and their probabilities.
+
+Each image goes through the evaluation transform (``ValTransform``), so a prediction here
+is what ``launch.evaluate`` counts. A file that is missing or does not decode is answered
+with a message naming it; the other files are still classified.
+"""
+import dataclasses
+
+import chainer
+import numpy
+from chainercv.utils import read_image
+
+from distributed.config import Config, ConfigError, build, validate
+from distributed.data import sop
+from distributed.data.transforms import ValTransform
+from distributed.evaluate import WeightsModelConfig, check_weights, expand_shorthand, load_model
+from distributed.model import mean_of
+from distributed.runtime import select_device
+
+
+@dataclasses.dataclass
+class PredictConfig(Config):
+    model: WeightsModelConfig = dataclasses.field(default_factory=WeightsModelConfig)
+    """Network and its trained weights (model=PATH is short for model.path=PATH)."""
+    top_k: int = 5
+    """How many of the most probable super-classes to show per image."""
+
+
+@dataclasses.dataclass
+class Prediction:
+    path: str
+    """The image file as given."""
+    top: list
+    """[(super_class_id, name, probability)], most probable first; empty on error."""
+    error: str = ''
+    """Why the file could not be classified ('' when it was)."""
+
+
+def load_predict_config(path=None, overrides=()):
+    """The validated ``PredictConfig`` (the training keys are read and checked too)."""
+    config = validate(build(PredictConfig, path, expand_shorthand(overrides)))
+    if not 1 <= config.top_k <= len(sop.SUPER_CLASS_NAMES):
+        raise ConfigError('top_k must be within 1..{}, not {}'.format(
+            len(sop.SUPER_CLASS_NAMES), config.top_k))
+    return check_weights(config)
+
+
+def read_rgb(path):
+    """The image as float32 CHW RGB; transparent pixels become white (a product photo's
+    background)."""
+    try:
+        return read_image(path, color=True, alpha='blend_with_white')
+    except (OSError, ValueError, SyntaxError) as e:
+        # PIL raises OSError subclasses for missing, unidentified and truncated files.
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ValueError('cannot read {} as an image ({})'.format(
+            path, reason or type(e).__name__))
+
+
+class Predictor:
+    """The loaded model on its device with the evaluation transform."""
+
+    def __init__(self, config):
+        self.device = select_device(config.device, 0, 1)
+        self.model = load_model(config)
+        self.model.to_device(self.device)
+        self.transform = ValTransform(mean_of(self.model), config.data.crop_size,
+                                      config.data.scale_size)
+        self.top_k = config.top_k
+
+    def probabilities(self, img):
+        x, _ = self.transform((img, None))
+        x = self.device.send(x[None])
+        with chainer.using_config('train', False), chainer.no_backprop_mode():
+            y = chainer.functions.softmax(self.model.predictor(x))
+        return chainer.backend.CpuDevice().send(y.array)[0].astype(numpy.float64)
+
+    def __call__(self, path):
+        try:
+            img = read_rgb(path)
+        except ValueError as e:
+            return Prediction(path, [], str(e))
+        p = self.probabilities(img)
+        order = numpy.argsort(-p, kind='stable')[:self.top_k]
+        return Prediction(path, [(int(i), sop.SUPER_CLASS_NAMES[i], float(p[i]))
+                                 for i in order])
+
+
+def format_prediction(prediction):
+    if prediction.error:
+        return 'error: {}'.format(prediction.error)
+    return '\n'.join([prediction.path] + ['  {:>2}:{:<14}{:7.1%}'.format(i, name, p)
+                                          for i, name, p in prediction.top])
