@@ -175,6 +175,17 @@ def _local_index(node_comm):
     return sum(1 for other in seen[:node_comm.rank] if other == mine)
 
 
+def agree(mpi_comm, error):
+    """Collective: raise ``RuntimeError_`` on every rank if ``error`` is set on any rank."""
+    failed = [(rank, e) for rank, e in enumerate(mpi_comm.allgather(error)) if e]
+    if failed:
+        rank, message = failed[0]
+        if mpi_comm.size > 1:
+            message = 'rank {} ({} of {} ranks failed): {}'.format(
+                rank, len(failed), mpi_comm.size, message)
+        raise RuntimeError_(message)
+
+
 def create_runtime(config):
     """Start MPI (or a size-1 world without mpiexec) and pick this rank's device.
 
@@ -201,14 +212,7 @@ def create_runtime(config):
         check_communicator(name, device, config.comm.allreduce_dtype)
     except RuntimeError_ as e:
         error = str(e)
-    errors = world.allgather(error)
-    failed = [(rank, e) for rank, e in enumerate(errors) if e]
-    if failed:
-        rank, message = failed[0]
-        if world.size > 1:
-            message = 'rank {} ({} of {} ranks failed): {}'.format(
-                rank, len(failed), world.size, message)
-        raise RuntimeError_(message)
+    agree(world, error)
     set_precision(getattr(config.train, 'dtype', 'float32'))
     kwargs = {}
     if config.comm.allreduce_dtype == 'float16':
