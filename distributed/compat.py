@@ -128,6 +128,36 @@ def _chainer_version_warning():
     os.environ.setdefault('CHAINER_WARN_VERSION_MISMATCH', '0')
 
 
+def _cupy_major():
+    try:
+        import cupy
+        return int(cupy.__version__.split('.')[0])
+    except Exception:  # not installed, or an install chainer will report as broken
+        return 0
+
+
+def _cupy_quiet_absences():
+    # CuPy >= 14 has no cuDNN, so chainer warns 'cuDNN is not enabled. Please reinstall CuPy'
+    # on first GPU use, advice that cannot help; and cupy.cuda.nccl warns at import (chainer
+    # and ChainerMN import it, on every rank) when libnccl is missing. describe_runtime
+    # reports both once, with what they cost.
+    major = _cupy_major()
+    if not major:
+        return
+    if major >= 14:
+        warnings.filterwarnings('ignore', message='cuDNN is not enabled', category=UserWarning,
+                                module=r'chainer\.backends\.cuda')
+        APPLIED.append('cuDNN warning silenced (CuPy {})'.format(major))
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        try:
+            from cupy.cuda import nccl
+        except Exception:
+            return
+    if not getattr(nccl, 'available', True):
+        APPLIED.append('cupy.cuda.nccl imported quietly (no libnccl)')
+
+
 def apply():
     """Apply every shim that this interpreter needs. Idempotent."""
     if 'chainer' in sys.modules and not APPLIED:
@@ -138,3 +168,4 @@ def apply():
     _pkg_resources()
     _chainercv_nms_gpu_post()
     _chainer_version_warning()
+    _cupy_quiet_absences()

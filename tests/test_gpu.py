@@ -1,0 +1,179 @@
+"""The GPU path: CuPy shims (on the CPU, with a stand-in cupy) and, marked ``gpu``, real GPU
+checks that skip where CuPy sees no GPU (run them with ``pytest -m gpu`` on a GPU machine;
+scripts/gpu_check.sh does).
+"""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy
+import pytest
+
+from distributed import runtime as rt
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A stand-in for CuPy, used only to test how distributed.compat treats an installed CuPy
+# on a machine where the real one cannot be installed (no CUDA here). It reproduces the
+# two behaviours of CuPy 14 that the shims answer: its version, and cupy.cuda.nccl warning
+# at import when libnccl is missing (CuPy 14.2's cupy/cuda/nccl.py does this).
+FAKE_CUPY = {
+    'cupy/__init__.py': "__version__ = '{version}'\n",
+    'cupy/cuda/__init__.py': '',
+    'cupy/cuda/nccl.py': textwrap.dedent('''\
+        import warnings
+        available = False
+        warnings.warn('nccl library could not be loaded.')
+        '''),
+}
+
+PROBE = textwrap.dedent('''\
+    import warnings
+    warnings.simplefilter('always')
+    with warnings.catch_warnings(record=True) as seen:
+        import distributed
+        import chainer
+        import chainermn
+        warnings.warn_explicit('cuDNN is not enabled.', UserWarning, 'cuda.py', 1,
+                               module='chainer.backends.cuda')
+    print(repr(distributed.compat.APPLIED))
+    print(repr([str(w.message) for w in seen]))
+    ''')
+
+
+def with_fake_cupy(tmp_path, version):
+    for path, text in FAKE_CUPY.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(text.format(version=version))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), REPO]))
+    done = subprocess.run([sys.executable, '-c', PROBE], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    applied, messages = [eval(line) for line in done.stdout.splitlines()[-2:]]
+    return applied, messages
+
+
+def test_cupy14_no_cudnn_warning_and_quiet_nccl_import(tmp_path):
+    applied, messages = with_fake_cupy(tmp_path, '14.2.0')
+    assert 'cuDNN warning silenced (CuPy 14)' in applied
+    assert 'cupy.cuda.nccl imported quietly (no libnccl)' in applied
+    assert not [m for m in messages if 'nccl' in m or 'cuDNN' in m], messages
+
+
+def test_cupy13_keeps_the_cudnn_warning(tmp_path):
+    # CuPy 13 has cuDNN: a missing one is the user's to fix, so chainer's advice stands.
+    applied, messages = with_fake_cupy(tmp_path, '13.6.0')
+    assert not [a for a in applied if 'cuDNN' in a]
+    assert 'cuDNN is not enabled.' in messages
+
+
+# ---- Real GPU checks -------------------------------------------------------------------
+
+GPUS, WHY = rt.probe_gpus()
+gpu = pytest.mark.skipif(GPUS == 0, reason='no GPU: ' + WHY)
+
+
+def tiny_batch(xp, size=8, crop=64):
+    rng = numpy.random.RandomState(0)
+    x = rng.standard_normal((size, 3, crop, crop)).astype(numpy.float32)
+    t = (numpy.arange(size) % 12).astype(numpy.int32)
+    return xp.asarray(x), xp.asarray(t)
+
+
+@pytest.mark.gpu
+@gpu
+def test_select_device_gives_a_cupy_device():
+    import cupy
+    device = rt.select_device('0', 0, 1)
+    assert device.xp is cupy and device.device.id == 0
+    assert rt.select_device('auto', GPUS - 1, GPUS).device.id == GPUS - 1
+
+
+@pytest.mark.gpu
+@gpu
+def test_resnet_forward_backward_matches_the_cpu():
+    import chainer
+    from distributed.model import create_model
+    device = rt.select_device('0', 0, 1)
+    device.use()
+    cpu = create_model(zero_gamma=False)
+    x, t = tiny_batch(numpy, size=4)
+    with chainer.using_config('train', False):
+        expected = cpu.predictor(x).array
+    model = cpu.copy(mode='copy')
+    model.to_device(device)
+    with chainer.using_config('train', False):
+        got = model.predictor(device.send(x)).array
+    numpy.testing.assert_allclose(chainer.backend.CpuDevice().send(got), expected,
+                                  rtol=1e-2, atol=1e-2)
+    loss = model(device.send(x), device.send(t))
+    loss.backward()
+    assert bool(device.xp.isfinite(model.predictor.conv1.conv.W.grad).all())
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize('dtype', ['float32', 'mixed16'])
+def test_training_steps_lower_the_loss_on_a_gpu(dtype):
+    import chainer
+    from distributed.config import load_config
+    from distributed.model import create_model
+    from distributed.optim import create_optimizer, create_schedule
+    config = load_config(None, ['train.dtype=' + dtype, 'optimizer.lr=0.05',
+                                'optimizer.weight_decay=0'])
+    device = rt.select_device('0', 0, 1)
+    device.use()
+    comm = rt.comm_module.create_communicator(
+        'pure_nccl' if rt.nccl_available() else 'naive')
+    losses = []
+    with chainer.using_config('dtype', chainer.mixed16 if dtype == 'mixed16'
+                              else numpy.dtype(dtype)):
+        model = create_model()
+        model.to_device(device)
+        optimizer = create_optimizer(config, model, comm, create_schedule(config, 1, 10))
+        x, t = tiny_batch(device.xp)
+        x = x.astype(chainer.get_dtype())
+        for _ in range(12):
+            optimizer.update(model, x, t)
+            losses.append(float(model.loss.array))
+    assert all(numpy.isfinite(losses)), losses
+    assert min(losses[-3:]) < losses[1], losses
+    if dtype == 'mixed16':
+        conv = model.predictor.conv1.conv
+        assert conv.W.dtype == numpy.float16
+        assert conv.W.update_rule._fp32_param.dtype == numpy.float32
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.skipif(not rt.nccl_available(), reason='CuPy cannot load NCCL here')
+@pytest.mark.parametrize('allreduce_dtype', [None, 'float16'])
+def test_pure_nccl_mean_grad_on_one_rank(allreduce_dtype):
+    import chainer
+    import chainermn
+    device = rt.select_device('0', 0, 1)
+    device.use()
+    kwargs = {'allreduce_grad_dtype': allreduce_dtype} if allreduce_dtype else {}
+    comm = chainermn.create_communicator('pure_nccl', **kwargs)
+    link = chainer.links.Linear(64, 32)
+    link.to_device(device)
+    link.cleargrads()
+    loss = chainer.functions.sum(link(device.xp.ones((4, 64), numpy.float32)))
+    loss.backward()
+    expected = link.W.grad.copy()
+    comm.multi_node_mean_grad(link)
+    tolerance = 1e-2 if allreduce_dtype else 1e-6
+    device.xp.testing.assert_allclose(link.W.grad, expected, rtol=tolerance)
+
+
+@pytest.mark.gpu
+@gpu
+def test_describe_runtime_names_the_gpu_stack():
+    import cupy
+    device = rt.select_device('0', 0, 1)
+    comm = rt.comm_module.create_communicator('naive')
+    text = rt.describe_runtime(rt.Runtime(comm, device, communicator='pure_nccl'))
+    assert 'one GPU each' in text
+    assert 'CuPy {}'.format(cupy.__version__) in text and 'CUDA runtime' in text
+    assert 'cuDNN' in text and 'NCCL' in text
