@@ -177,3 +177,24 @@ def test_describe_runtime_names_the_gpu_stack():
     assert 'one GPU each' in text
     assert 'CuPy {}'.format(cupy.__version__) in text and 'CUDA runtime' in text
     assert 'cuDNN' in text and 'NCCL' in text
+
+
+# ---- The GPU check script and the SLURM example, as far as a CPU machine allows --------
+
+@pytest.mark.parametrize('script', ['scripts/gpu_check.sh', 'scripts/slurm/train.sbatch'])
+def test_scripts_parse(script):
+    done = subprocess.run(['bash', '-n', os.path.join(REPO, script)], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.skipif(GPUS > 0, reason='this machine has a GPU: gpu_check.sh would run')
+def test_gpu_check_stops_clearly_without_a_gpu(tmp_path):
+    env = dict(os.environ, PYTHON=sys.executable, VENV=str(tmp_path / 'venv'),
+               OUT=str(tmp_path / 'out'))
+    done = subprocess.run(['bash', os.path.join(REPO, 'scripts', 'gpu_check.sh')], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.startswith('gpu_check: no GPU visible: CuPy')
+    assert 'Traceback' not in done.stderr
+    assert not (tmp_path / 'venv').exists()
