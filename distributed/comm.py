@@ -40,8 +40,8 @@ class InPlaceMeanGrad:
     def multi_node_mean_grad(self, model, zero_fill=False):
         from mpi4py import MPI
         mpi_comm = self._comm.mpi_comm
-        if mpi_comm.size == 1 and not zero_fill:
-            return  # the mean over one rank is its own gradient
+        # The mean over one rank is its own gradient: no reduction, no scaling pass.
+        alone = mpi_comm.size == 1
         scale = 1.0 / mpi_comm.size
         for param in self._ordered_params(model):
             if param.array is None:
@@ -51,6 +51,8 @@ class InPlaceMeanGrad:
                 if not zero_fill:
                     continue
                 grad = param.grad = param.xp.zeros_like(param.array)
+            if alone:
+                continue
             if not isinstance(grad, numpy.ndarray) or not grad.flags.c_contiguous:
                 # GPU or strided arrays: ChainerMN's own path handles them.
                 self._comm._multi_node_mean(None, grad)
