@@ -1,0 +1,163 @@
+"""distributed.evaluate and launch.evaluate: exact counts, one or many ranks, clear errors."""
+import json
+import os
+
+import chainer
+import numpy
+import pytest
+
+from distributed.config import ConfigError
+from distributed.data.sop import SUPER_CLASS_NAMES
+from distributed.evaluate import (Counts, allreduce_counts, format_report, load_eval_config,
+                                  load_model, plot_confusion, summarize, topk_hits)
+from distributed.model import create_model
+from launching import REPO, TINY, run_launcher
+
+SMOKE = os.path.join(REPO, 'configs/smoke.yaml')
+
+
+def save_model(path, initialise=True):
+    """An untrained classifier as launch.train saves one; a forward pass sizes lazy layers."""
+    model = create_model()
+    if initialise:
+        with chainer.using_config('train', False):
+            model.predictor(numpy.zeros((1, 3, 32, 32), numpy.float32))
+    chainer.serializers.save_npz(str(path), model)
+    return str(path)
+
+
+@pytest.fixture(scope='module')
+def uneven_sop(tmp_path_factory):
+    """A tree whose test split has an odd number of images (uneven on 2 ranks)."""
+    from distributed.data.minisop import make_minisop
+    root = make_minisop(str(tmp_path_factory.mktemp('uneven') / 'sop'), products_per_class=2,
+                        images_per_product=(1, 2), size_range=(32, 48), seed=1)
+    with open(os.path.join(root, 'Ebay_test.txt')) as f:
+        assert (len(f.read().splitlines()) - 1) % 2 == 1
+    return root
+
+
+@pytest.fixture(scope='module')
+def model_file(tmp_path_factory):
+    return save_model(tmp_path_factory.mktemp('model') / 'model.npz')
+
+
+# Six classes; every row and the expected outcome worked out by hand.
+SCORES = numpy.array([
+    [0.1, 0.5, 0.2, 0.0, 0.0, 0.0],        # label 1: top-1 right
+    [0.9, 0.05, 0.01, 0.02, 0.015, 0.005],  # label 5: predicted 0, label ranks 6th
+    [0.3, 0.3, 0.1, 0.0, 0.0, 0.0],        # label 1: tie with 0, the lower index wins
+    [0.0, 0.0, 0.0, 0.0, 1.0, 0.0],        # label 4: right
+], numpy.float32)
+LABELS = numpy.array([1, 5, 1, 4])
+
+
+def test_topk_hits_by_hand():
+    assert topk_hits(SCORES, LABELS, 1).tolist() == [True, False, False, True]
+    assert topk_hits(SCORES, LABELS, 5).tolist() == [True, False, True, True]
+    assert topk_hits(SCORES, LABELS, 6).all()
+
+
+def test_counts_and_summary_by_hand():
+    counts = Counts.zeros(6)
+    counts.add(SCORES[:2], LABELS[:2])
+    counts.add(SCORES[2:], LABELS[2:])
+    expected = numpy.zeros((6, 6), int)
+    expected[1, 1] = expected[5, 0] = expected[1, 0] = expected[4, 4] = 1
+    assert counts.confusion.tolist() == expected.tolist()
+    assert counts.hits.tolist() == [[0, 1, 0, 0, 1, 0], [0, 2, 0, 0, 1, 0]]
+    result = summarize(counts, names='abcdef')
+    assert (result['n'], result['top1'], result['top5']) == (4, 0.5, 0.75)
+    assert result['per_class'][1] == {'id': 1, 'name': 'b', 'count': 2, 'correct': 1,
+                                      'accuracy': 0.5, 'top5': 1.0}
+    assert result['per_class'][0]['count'] == 0 and result['per_class'][0]['accuracy'] is None
+    assert result['per_class'][5]['accuracy'] == 0.0 and result['confusion'][5][0] == 1
+    assert '50.0%' in format_report(result)
+
+
+@pytest.mark.mpi
+def test_allreduce_sums_every_ranks_counts_exactly(world):
+    import chainermn
+    comm = chainermn.create_communicator('naive')
+    # Rank r sees r + 1 images, so the shards differ in size.
+    rng = numpy.random.RandomState(0)
+    shards = [(rng.rand(r + 1, 12).astype(numpy.float32), rng.randint(0, 12, r + 1))
+              for r in range(comm.size)]
+    mine = Counts.zeros(12)
+    mine.add(*shards[comm.rank])
+    everyone = Counts.zeros(12)
+    for scores, labels in shards:
+        everyone.add(scores, labels)
+    total = allreduce_counts(mine, comm)
+    assert total.confusion.tolist() == everyone.confusion.tolist()
+    assert total.hits.tolist() == everyone.hits.tolist()
+    assert total.confusion.sum() == sum(range(1, comm.size + 1))
+
+
+def test_confusion_plot_copes_with_empty_rows(tmp_path):
+    confusion = numpy.zeros((12, 12), int)
+    confusion[0, 0], confusion[0, 3], confusion[5, 5] = 3, 1, 2
+    with numpy.errstate(all='raise'):
+        plot_confusion(confusion, str(tmp_path / 'c.png'))
+    assert (tmp_path / 'c.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_model_shorthand_keeps_the_network_section(model_file):
+    config = load_eval_config(SMOKE, ['model=' + model_file, 'split=train'])
+    assert config.model.path == model_file and config.model.arch == 'resnet50'
+    assert config.split == 'train' and config.data.crop_size == 64
+
+
+@pytest.mark.parametrize('override, message', [
+    ('model={missing}', 'model file {missing} does not exist'),
+    ('split=val', "split must be one of test, train, not 'val'"),
+])
+def test_bad_config_is_named(override, message, tmp_path, model_file):
+    missing = str(tmp_path / 'nope.npz')
+    args = ['model=' + model_file, override.format(missing=missing)]
+    with pytest.raises(ConfigError, match=message.format(missing=missing)):
+        load_eval_config(SMOKE, args)
+
+
+def test_default_weights_are_out_model_npz(tmp_path):
+    with pytest.raises(ConfigError, match=str(tmp_path / 'model.npz')):
+        load_eval_config(SMOKE, ['out=' + str(tmp_path)])
+
+
+def test_unloadable_weights_are_named(tmp_path):
+    garbage = tmp_path / 'garbage.npz'
+    garbage.write_text('not a model')
+    empty = save_model(tmp_path / 'empty.npz', initialise=False)
+    for path, message in ((str(garbage), 'cannot be loaded'), (empty, 'holds no weights')):
+        config = load_eval_config(SMOKE, ['model=' + path])
+        with pytest.raises(ConfigError, match=message):
+            load_model(config)
+
+
+def test_two_ranks_give_exactly_the_numbers_of_one(uneven_sop, model_file, tmp_path):
+    results = {}
+    for ranks in (1, 2):
+        out = tmp_path / 'r{}'.format(ranks)
+        done = run_launcher('launch.evaluate', ['-c', SMOKE, 'model=' + model_file,
+                                                'data.root=' + uneven_sop, 'out=' + str(out),
+                                                'train.batch_size=3'] + TINY, ranks=ranks)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.count('top-1') == 2           # one report (title + header)
+        assert 'batch' in done.stderr                    # progress
+        assert (out / 'confusion.png').stat().st_size > 0
+        results[ranks] = json.loads((out / 'eval.json').read_text())
+    one = results[1]
+    assert one['n'] == 17 and sum(map(sum, one['confusion'])) == 17
+    assert [row['name'] for row in one['per_class']] == list(SUPER_CLASS_NAMES)
+    assert {'top1', 'top5', 'per_class', 'confusion', 'n'} <= set(one)
+    assert results[2] == one
+
+
+def test_two_ranks_stop_with_one_message_on_a_missing_model(uneven_sop, tmp_path):
+    missing = str(tmp_path / 'missing.npz')
+    done = run_launcher('launch.evaluate', ['-c', SMOKE, 'model=' + missing,
+                                            'data.root=' + uneven_sop] + TINY,
+                        ranks=2, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.count('error: model file {} does not exist'.format(missing)) == 1
+    assert 'Traceback' not in done.stderr
