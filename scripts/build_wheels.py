@@ -19,7 +19,6 @@ import argparse
 import glob
 import os
 import re
-import runpy
 import subprocess
 import sys
 import tarfile
