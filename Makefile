@@ -26,6 +26,8 @@ $(STAMP): requirements.txt requirements-mpi.txt scripts/build_wheels.py scripts/
 
 train: setup
 	$(RUN_ENV) $(MPIEXEC) -n $(NP) $(BIN)/python -m launch.train -c configs/smoke.yaml $(ARGS)
+	$(RUN_ENV) $(MPIEXEC) -n $(NP) $(BIN)/python -m launch.evaluate -c configs/smoke.yaml $(ARGS)
+	$(RUN_ENV) $(BIN)/python -m launch.view_samples -c configs/smoke.yaml $(ARGS)
 
 lint: setup
 	$(BIN)/flake8
