@@ -62,7 +62,8 @@ def run(trainer, config, runtime, datasets):
             print('resumed from {} at iteration {}'.format(*resumed), flush=True)
     checkpointer = trainer.get_extension('checkpointer')
     try:
-        trainer.run()
+        # Uncaught errors are reported by the launcher or chainermn's abort hook, once.
+        trainer.run(show_loop_exception_msg=False)
         # Rank 0 may still be writing the last checkpoint; a signal meanwhile must not
         # find the other ranks already without their handlers.
         runtime.comm.mpi_comm.barrier()

@@ -65,6 +65,7 @@ def main(argv=None):
         # Met by one rank inside the loop while the others wait in a collective: abort all.
         print('error: {}'.format(e), file=sys.stderr, flush=True)
         MPI.COMM_WORLD.Abort(3)
+        return 3
     if runtime.is_root:
         print(describe(summary), file=sys.stderr if summary['stopped_by'] else sys.stdout)
     return 128 + summary['stopped_by'] if summary['stopped_by'] else 0
