@@ -409,8 +409,8 @@ def scaling_report(results, png=None):
         right.plot(ranks, [e * 100 for e in efficiency], 's--', color='C1',
                    label='efficiency')
         right.set_ylabel('scaling efficiency (%)')
-        right.set_ylim(0, 110)
-        fig.legend(loc='lower right')
+        right.set_ylim(0, max(110, 10 + 100 * max(efficiency)))
+        fig.legend(loc='upper left', bbox_to_anchor=(0.12, 0.95))
         fig.tight_layout()
         fig.savefig(png)
         plt.close(fig)
