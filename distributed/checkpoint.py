@@ -72,9 +72,12 @@ def rank_state(trainer):
     sampler = getattr(iterator, 'order_sampler', None)
     sampler_rng = getattr(sampler, '_random', None)
     model = _model(trainer)
-    persistent = {'/'.join(filter(None, (path.strip('/'), name)))
-                  for path, link in model.namedlinks() for name in link._persistent}
-    model_state = {k: v for k, v in npz.serialize(model).items() if k in persistent}
+    # Persistent values only (BatchNorm statistics differ per rank); weights are shared.
+    model_state = {
+        '/'.join(filter(None, (path.strip('/'), name))): numpy.asarray(
+            chainer.backend.CpuDevice().send(getattr(link, name)))
+        for path, link in model.namedlinks() for name in link._persistent
+        if getattr(link, name) is not None}
     return {
         'iterator': it_state,
         'order_rng': sampler_rng.get_state() if sampler_rng is not None else None,

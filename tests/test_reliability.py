@@ -23,6 +23,7 @@ ENV = dict(os.environ, OMP_NUM_THREADS='1', OPENBLAS_NUM_THREADS='1', MKL_NUM_TH
 TINY = ['data.crop_size=32', 'data.scale_size=36', 'data.loader=serial', 'train.batch_size=4',
         'train.progress=false', 'optimizer.lr=0.01', 'optimizer.warmup_epochs=0',
         'device=cpu', 'model.arch=resnet50']
+pytestmark = pytest.mark.slow
 DEADLINE = 60  # seconds from a failure or a signal to the whole job being gone
 
 
