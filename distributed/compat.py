@@ -2,9 +2,14 @@
 
 Importing the ``distributed`` package applies them once, before chainer is imported.
 Each shim is applied only when the thing it stands in for is missing, and each has a
-test in tests/test_compat.py that fails without it. ``APPLIED`` lists what was done.
+test in tests/test_compat.py (the CuPy ones: tests/test_gpu.py) that fails without it.
+``APPLIED`` lists what was done; ``SHIMS`` lists the shims in the order they run.
 """
+import importlib
+import importlib.machinery
 import importlib.metadata
+import importlib.util
+import os
 import sys
 import types
 import warnings
@@ -31,26 +36,35 @@ def _numpy_sctypes():
 def _numpy_distutils():
     # chainer._environment_check imports numpy.distutils.system_info (used only on macOS
     # to detect Accelerate); numpy.distutils does not exist on Python >= 3.12.
-    try:
-        import numpy.distutils.system_info  # noqa: F401
-        return
-    except ImportError:
-        pass
+    # On 3.11 the real one exists; import it once with its DeprecationWarning silenced (the
+    # warning is about chainer's import, and under -W error it would stop chainer importing).
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', DeprecationWarning)
+        try:
+            importlib.import_module('numpy.distutils.system_info')
+            return
+        except ImportError:
+            pass
     package = types.ModuleType('numpy.distutils')
     package.__path__ = []
     system_info = types.ModuleType('numpy.distutils.system_info')
     system_info.get_info = lambda name, notfound_action=0: {}
     package.system_info = system_info
+    numpy.distutils = package  # chainer reads numpy.distutils.system_info.get_info
     sys.modules['numpy.distutils'] = package
     sys.modules['numpy.distutils.system_info'] = system_info
     APPLIED.append('numpy.distutils.system_info')
 
 
-class _DistributionNotFound(Exception):
+class _ResolutionError(Exception):
     pass
 
 
-class _VersionConflict(Exception):
+class _DistributionNotFound(_ResolutionError):
+    pass
+
+
+class _VersionConflict(_ResolutionError):
     pass
 
 
@@ -88,7 +102,7 @@ def _pkg_resources():
     module = types.ModuleType('pkg_resources')
     module.DistributionNotFound = _DistributionNotFound
     module.VersionConflict = _VersionConflict
-    module.ResolutionError = Exception
+    module.ResolutionError = _ResolutionError
     module.require = _require
     module.get_distribution = _get_distribution
     sys.modules['pkg_resources'] = module
@@ -104,17 +118,18 @@ def _raise_no_gpu_nms(*args, **kwargs):
 
 def _chainercv_nms_gpu_post():
     # chainercv imports its C extension _nms_gpu_post at import time; the wheel built by
-    # scripts/build_wheels.py leaves it out (it serves detection on the GPU only).
+    # scripts/build_wheels.py leaves it out (it serves detection on the GPU only). Look for
+    # the file: asking the import system would import chainercv, and chainer, right here.
     name = 'chainercv.utils.bbox._nms_gpu_post'
-    try:
-        import importlib.util
-        if importlib.util.find_spec('chainercv') is None:
-            return
-        spec = importlib.util.find_spec(name)
-    except ImportError:
-        spec = None
-    if spec is not None:
+    if name in sys.modules:
         return
+    spec = importlib.util.find_spec('chainercv')
+    if spec is None:
+        return
+    for folder in spec.submodule_search_locations or ():
+        for suffix in importlib.machinery.all_suffixes():
+            if os.path.exists(os.path.join(folder, 'utils', 'bbox', '_nms_gpu_post' + suffix)):
+                return
     module = types.ModuleType(name)
     module._nms_gpu_post = _raise_no_gpu_nms
     sys.modules[name] = module
@@ -122,10 +137,21 @@ def _chainercv_nms_gpu_post():
 
 
 def _chainer_version_warning():
-    # chainer 7.8.1 declares CuPy < 8 and warns on every import when a current CuPy (13,
-    # 14) is installed. That combination is the supported one here (README, "GPUs").
-    import os
-    os.environ.setdefault('CHAINER_WARN_VERSION_MISMATCH', '0')
+    # chainer 7.8.1 declares CuPy >= 7.7, < 8 and warns on every import when a newer CuPy is
+    # installed under a name it checks ('cupy', as source and conda builds are; not the
+    # cupy-cuda12x/13x wheels). CuPy 13/14 is the supported combination here (README, "GPUs").
+    # A value the user set is kept.
+    if 'CHAINER_WARN_VERSION_MISMATCH' in os.environ:
+        return
+    os.environ['CHAINER_WARN_VERSION_MISMATCH'] = '0'
+    APPLIED.append('CHAINER_WARN_VERSION_MISMATCH=0')
+
+
+def _note(entry):
+    # For shims that cannot tell from the outside whether they ran before: apply() again
+    # must not list them twice.
+    if entry not in APPLIED:
+        APPLIED.append(entry)
 
 
 def _cupy_major():
@@ -147,7 +173,7 @@ def _cupy_quiet_absences():
     if major >= 14:
         warnings.filterwarnings('ignore', message='cuDNN is not enabled', category=UserWarning,
                                 module=r'chainer\.backends\.cuda')
-        APPLIED.append('cuDNN warning silenced (CuPy {})'.format(major))
+        _note('cuDNN warning silenced (CuPy {})'.format(major))
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         try:
@@ -155,7 +181,12 @@ def _cupy_quiet_absences():
         except Exception:
             return
     if not getattr(nccl, 'available', True):
-        APPLIED.append('cupy.cuda.nccl imported quietly (no libnccl)')
+        _note('cupy.cuda.nccl imported quietly (no libnccl)')
+
+
+# In the order apply() runs them.
+SHIMS = (_numpy_sctypes, _numpy_distutils, _pkg_resources, _chainercv_nms_gpu_post,
+         _chainer_version_warning, _cupy_quiet_absences)
 
 
 def apply():
@@ -163,9 +194,5 @@ def apply():
     if 'chainer' in sys.modules and not APPLIED:
         warnings.warn('chainer was imported before distributed; import distributed first '
                       'so that distributed.compat can prepare NumPy 2 for it.')
-    _numpy_sctypes()
-    _numpy_distutils()
-    _pkg_resources()
-    _chainercv_nms_gpu_post()
-    _chainer_version_warning()
-    _cupy_quiet_absences()
+    for shim in SHIMS:
+        shim()
