@@ -18,7 +18,8 @@ def test_two_ranks_train_and_only_rank_0_writes(small_sop, tmp_path):
     for d in dirs:
         d.mkdir()
     args = ['-m', 'launch.train', '-c', os.path.join(REPO, 'configs/smoke.yaml'),
-            'data.root=' + small_sop, 'out=out', 'train.epochs=2', 'train.log_interval=2'] + TINY
+            'data.root=' + small_sop, 'out=out', 'train.epochs=2', 'train.log_interval=2',
+            'optimizer.lr=0.1'] + TINY
     command = [MPIEXEC, '-n', '1', '-wdir', str(dirs[0]), sys.executable] + args + [
         ':', '-n', '1', '-wdir', str(dirs[1]), sys.executable] + args
     done = subprocess.run(command, env=dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=REPO),
@@ -59,9 +60,8 @@ def test_print_config_shows_the_resolved_config():
 ])
 def test_bad_input_stops_every_rank_with_one_message(override, message, tmp_path):
     start = time.monotonic()
-    done = run_launcher('launch.train', ['-c', 'configs/smoke.yaml', 'out=' + str(tmp_path),
-                                         override.format(empty=tmp_path)] + TINY,
-                        ranks=2, timeout=120)
+    done = run_launcher('launch.train', ['-c', 'configs/smoke.yaml', 'out=' + str(tmp_path)]
+                        + TINY + [override.format(empty=tmp_path)], ranks=2, timeout=120)
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert done.stderr.count(message) == 1, done.stderr
     assert 'Traceback' not in done.stderr
