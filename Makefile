@@ -34,7 +34,7 @@ lint: setup
 
 test: lint
 	$(BIN)/python -m pytest tests
-	$(RUN_ENV) timeout 900 $(MPIEXEC) -n 2 $(BIN)/python -m pytest -m mpi -p no:cacheprovider tests
+	$(RUN_ENV) timeout 900 $(MPIEXEC) -n 2 $(BIN)/python -m pytest -m mpi -p no:cacheprovider -q tests
 
 clean:
 	rm -rf $(VENV) .whl
