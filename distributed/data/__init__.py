@@ -12,10 +12,23 @@ from distributed.data.transforms import TrainTransform, ValTransform
 def create_datasets(config, runtime, mean):
     """This rank's shards of the train and test splits, with their transforms.
 
+    Examples are (file path, label) pairs decoded by the transforms; files that do not
+    decode are handled as ``data.on_bad_image`` says (see ``safe_images``).
+    """
+    train, test = scatter_splits(config, runtime)
+    crop, scale = config.data.crop_size, config.data.scale_size
+    policy, rank = config.data.on_bad_image, runtime.rank
+    return (SkipUnreadable(TransformDataset(train, Tolerant(TrainTransform(mean, crop))),
+                           policy, rank),
+            SkipUnreadable(TransformDataset(test, Tolerant(ValTransform(mean, crop, scale))),
+                           policy, rank))
+
+
+def scatter_splits(config, runtime):
+    """This rank's (path, label) shards of the train and test splits; collective.
+
     Rank 0 reads the index files and checks the tree; the train split is shuffled and
-    scattered in disjoint shards of equal length, the test split in order. Examples are
-    (file path, label) pairs decoded by the transforms; files that do not decode are
-    handled as ``data.on_bad_image`` says (see ``safe_images``).
+    scattered in disjoint shards of equal length, the test split in order.
     """
     root = sop.resolve_root(config.data.root)
     train = test = None
@@ -31,14 +44,8 @@ def create_datasets(config, runtime, mean):
         raise sop.DataError(error)
     if runtime.is_root:
         train = equal_shards(train, runtime.size, config.train.seed)
-    train = chainermn.scatter_dataset(train, runtime.comm)
-    test = chainermn.scatter_dataset(test, runtime.comm)
-    crop, scale = config.data.crop_size, config.data.scale_size
-    policy, rank = config.data.on_bad_image, runtime.rank
-    return (SkipUnreadable(TransformDataset(train, Tolerant(TrainTransform(mean, crop))),
-                           policy, rank),
-            SkipUnreadable(TransformDataset(test, Tolerant(ValTransform(mean, crop, scale))),
-                           policy, rank))
+    return (chainermn.scatter_dataset(train, runtime.comm),
+            chainermn.scatter_dataset(test, runtime.comm))
 
 
 def equal_shards(dataset, size, seed):
