@@ -4,13 +4,11 @@ Exit codes: 0 done; 2 bad config, data or checkpoint (every rank says so); 3 an 
 cannot be decoded with data.on_bad_image=error (the job is aborted); 128 + signal number
 (143 SIGTERM, 130 SIGINT) stopped by a signal after writing a checkpoint.
 """
-import argparse
 import sys
 
 import distributed  # noqa: F401  (applies the compat shims before chainer is imported)
-import yaml
 from distributed.checkpoint import CheckpointError, seed_random_state
-from distributed.config import ConfigError, load_config, to_dict
+from distributed.config import ConfigError, load_config
 from distributed.data import create_datasets, create_iterators
 from distributed.data.safe_images import BadImageError
 from distributed.data.sop import DataError
@@ -18,16 +16,7 @@ from distributed.model import create_model, mean_of
 from distributed.optim import create_optimizer, create_schedule
 from distributed.runtime import RuntimeError_, create_runtime, describe_runtime
 from distributed.trainer import create_trainer, describe, run
-
-
-def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument('-c', '--config', help='YAML config (configs/); defaults otherwise')
-    parser.add_argument('--print-config', action='store_true',
-                        help='print the resolved config and exit')
-    parser.add_argument('overrides', nargs='*', metavar='key=value',
-                        help='config overrides, e.g. train.epochs=3 data.root=/data/SOP')
-    return parser.parse_args(argv)
+from launch import cli
 
 
 def train(config):
@@ -48,19 +37,16 @@ def train(config):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    args = cli.parse_args(argv, __doc__, 'train.epochs=3 data.root=/data/SOP')
     from mpi4py import MPI
     try:
         config = load_config(args.config, args.overrides)
         if args.print_config:
-            print(yaml.safe_dump(to_dict(config), sort_keys=False), end='')
+            cli.print_config(config)
             return 0
         runtime, summary = train(config)
     except (ConfigError, DataError, RuntimeError_, CheckpointError) as e:
-        # Every rank meets the same error (these checks are collective); one rank says it.
-        if MPI.COMM_WORLD.rank == 0:
-            print('error: {}'.format(e), file=sys.stderr)
-        return 2
+        return cli.fail(e)
     except BadImageError as e:
         # Met by one rank inside the loop while the others wait in a collective: abort all.
         print('error: {}'.format(e), file=sys.stderr, flush=True)
