@@ -87,7 +87,8 @@ class TrainConfig:
 @dataclasses.dataclass
 class CommConfig:
     communicator: str = 'auto'
-    """ChainerMN communicator name; 'auto': 'naive' on the CPU, 'pure_nccl' on GPUs."""
+    """ChainerMN communicator name, or 'inplace' (distributed/comm.py); 'auto': 'inplace' on
+    the CPU, 'pure_nccl' on GPUs ('flat' where NCCL is missing)."""
     allreduce_dtype: str = 'float32'
     """Gradient allreduce dtype: 'float32', or 'float16' (needs the pure_nccl communicator)."""
 
