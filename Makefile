@@ -15,7 +15,7 @@ MPIEXEC := $(if $(filter pypi,$(MPI)),$(BIN)/mpiexec,mpiexec)
 RUN_ENV := OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
 STAMP := $(VENV)/.installed-$(MPI)
 
-.PHONY: setup train test lint clean
+.PHONY: setup train test lint gpu-wheels clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,14 @@ lint: setup
 test: lint
 	$(BIN)/python -m pytest tests
 	$(RUN_ENV) timeout 900 $(MPIEXEC) -n 2 $(BIN)/python -m pytest -m mpi -p no:cacheprovider -q tests
+
+# .whl/ for scripts/gpu_check.sh on a GPU machine without internet (Python 3.12, x86_64):
+# chainer and chainercv as pure-Python wheels, and what such a machine may lack (~45 MB).
+gpu-wheels: setup
+	$(BIN)/python scripts/build_wheels.py --requirements requirements.txt --dest .whl
+	$(BIN)/python -m pip download --quiet --only-binary :all: --python-version 3.12 \
+		--platform manylinux2014_x86_64 -d .whl \
+		pyyaml pillow matplotlib filelock protobuf typing_extensions six pytest
 
 clean:
 	rm -rf $(VENV) .whl

@@ -109,6 +109,34 @@ def _pkg_resources():
     APPLIED.append('pkg_resources')
 
 
+def _strtobool(value):
+    value = value.lower()
+    if value in ('y', 'yes', 't', 'true', 'on', '1'):
+        return 1
+    if value in ('n', 'no', 'f', 'false', 'off', '0'):
+        return 0
+    raise ValueError('invalid truth value {!r}'.format(value))
+
+
+def _distutils_util():
+    # chainercv.utils.download imports distutils.util.strtobool at import; Python 3.12
+    # removed distutils, and only an installed setuptools puts a stand-in back.
+    try:
+        import distutils.util  # noqa: F401
+        return
+    except ImportError:
+        pass
+    package = types.ModuleType('distutils')
+    package.__path__ = []
+    package.__spec__ = importlib.machinery.ModuleSpec('distutils', None, is_package=True)
+    util = types.ModuleType('distutils.util')
+    util.strtobool = _strtobool
+    package.util = util
+    sys.modules['distutils'] = package
+    sys.modules['distutils.util'] = util
+    APPLIED.append('distutils.util')
+
+
 def _raise_no_gpu_nms(*args, **kwargs):
     raise NotImplementedError(
         'chainercv GPU non-maximum suppression (_nms_gpu_post) is not built: its '
@@ -185,8 +213,8 @@ def _cupy_quiet_absences():
 
 
 # In the order apply() runs them.
-SHIMS = (_numpy_sctypes, _numpy_distutils, _pkg_resources, _chainercv_nms_gpu_post,
-         _chainer_version_warning, _cupy_quiet_absences)
+SHIMS = (_numpy_sctypes, _numpy_distutils, _pkg_resources, _distutils_util,
+         _chainercv_nms_gpu_post, _chainer_version_warning, _cupy_quiet_absences)
 
 
 def apply():

@@ -291,6 +291,38 @@ def test_version_mismatch_setting_of_the_user_is_kept(tmp_path):
     assert 'may not be compatible' in done.stderr, done.stderr
 
 
+# --- distutils.util ----------------------------------------------------------------------
+
+# Python 3.12 has no distutils; setuptools, where installed, puts a stand-in back. Block both
+# so that every interpreter shows what a bare 3.12 does.
+BLOCK_STDLIB_DISTUTILS = '''
+import sys
+sys.modules['distutils'] = None
+sys.modules['distutils.util'] = None
+'''
+
+
+def test_chainercv_needs_distutils_util():
+    fails('distutils', BLOCK_STDLIB_DISTUTILS, without('_distutils_util'),
+          'import chainer\nimport chainercv\n')
+
+
+def test_distutils_util_stand_in_serves_chainercv():
+    ok(BLOCK_STDLIB_DISTUTILS, '''
+        import distributed
+        import chainercv
+        from chainercv.utils.download import strtobool
+        assert 'distutils.util' in distributed.compat.APPLIED
+        assert strtobool('ON') == 1 and strtobool('off') == 0
+        try:
+            strtobool('maybe')
+        except ValueError:
+            pass
+        else:
+            raise AssertionError('strtobool accepted maybe')
+        ''')
+
+
 # --- APPLIED ---------------------------------------------------------------------------------
 
 def expected_applied(blocked=()):
@@ -302,6 +334,8 @@ def expected_applied(blocked=()):
         expected.append('numpy.distutils.system_info')
     if not setuptools_has_pkg_resources() or 'pkg_resources' in blocked:
         expected.append('pkg_resources')
+    if sys.version_info >= (3, 12) and importlib.util.find_spec('setuptools') is None:
+        expected.append('distutils.util')  # only setuptools brings distutils back on 3.12
     if not nms_extension_built():
         expected.append(NMS)
     expected.append('CHAINER_WARN_VERSION_MISMATCH=0')
