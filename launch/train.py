@@ -38,7 +38,6 @@ def train(config):
 
 def main(argv=None):
     args = cli.parse_args(argv, __doc__, 'train.epochs=3 data.root=/data/SOP')
-    from mpi4py import MPI
     try:
         config = load_config(args.config, args.overrides)
         if args.print_config:
@@ -50,6 +49,7 @@ def main(argv=None):
     except BadImageError as e:
         # Met by one rank inside the loop while the others wait in a collective: abort all.
         print('error: {}'.format(e), file=sys.stderr, flush=True)
+        from mpi4py import MPI  # imported late: MPI must start after the loader's forkserver
         MPI.COMM_WORLD.Abort(3)
         return 3
     if runtime.is_root:

@@ -42,6 +42,17 @@ def test_two_ranks_train_and_only_rank_0_writes(small_sop, tmp_path):
     assert resolved['data']['root'] == small_sop and resolved['train']['batch_size'] == 4
 
 
+def test_two_ranks_train_with_loader_worker_processes(small_sop, tmp_path):
+    # MultiprocessIterator workers come from a forkserver started before MPI.
+    done = run_launcher('launch.train', ['-c', 'configs/smoke.yaml', 'data.root=' + small_sop,
+                                         'out=' + str(tmp_path), 'train.epochs=1'] + TINY + [
+                                             'data.loader=multiprocess', 'data.workers=2'],
+                        ranks=2, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = json.loads((tmp_path / 'log').read_text())
+    assert log[-1]['epoch'] == 1 and 'validation/main/accuracy' in log[-1]
+
+
 def test_print_config_shows_the_resolved_config():
     done = run_launcher('launch.train', ['-c', 'configs/smoke.yaml', '--print-config',
                                          'train.epochs=7'])
