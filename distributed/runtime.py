@@ -16,7 +16,7 @@ GPU_COMMUNICATORS = ('pure_nccl', 'flat', 'non_cuda_aware')
 """ChainerMN communicators that move CuPy arrays (none of them runs on the CPU)."""
 
 
-class RuntimeError_(RuntimeError):
+class StartupError(RuntimeError):
     """The job cannot start on this machine as configured; the message says why."""
 
 
@@ -86,7 +86,7 @@ def select_device(setting, local_index, size, gpus=None):
     ``local_index`` is this rank's place among the ranks of its node that see the same
     GPUs (its node-local rank unless the launcher gave each rank its own
     CUDA_VISIBLE_DEVICES). ``gpus`` is ``probe_gpus()``'s answer (probed when None).
-    Raises ``RuntimeError_`` saying what to change.
+    Raises ``StartupError`` saying what to change.
     """
     if setting == 'cpu':
         return chainer.get_device('@numpy')
@@ -94,11 +94,11 @@ def select_device(setting, local_index, size, gpus=None):
     if setting == 'auto' and count == 0:
         return chainer.get_device('@numpy')
     if count == 0:
-        raise RuntimeError_('device={} asks for a GPU, but {}. Use device=cpu (or auto) to '
-                            'train on the CPU.'.format(setting, why))
+        raise StartupError('device={} asks for a GPU, but {}. Use device=cpu (or auto) to '
+                           'train on the CPU.'.format(setting, why))
     if setting == 'auto':
         if local_index >= count:
-            raise RuntimeError_(
+            raise StartupError(
                 'device=auto: {} ranks on this node share {} visible GPU(s); start at most '
                 '{} rank(s) per node, one per GPU (mpiexec -npernode/-ppn {}, or srun '
                 '--ntasks-per-node={}).'.format(local_index + 1, count, count, count, count))
@@ -106,11 +106,11 @@ def select_device(setting, local_index, size, gpus=None):
     else:
         index = int(setting)
         if size > 1:
-            raise RuntimeError_(
+            raise StartupError(
                 'device={} names one GPU, but {} ranks run; use device=auto so that each '
                 'rank takes the GPU of its node-local rank.'.format(setting, size))
         if index >= count:
-            raise RuntimeError_('device={}: only {} GPU(s) visible (ids 0 to {}).'.format(
+            raise StartupError('device={}: only {} GPU(s) visible (ids 0 to {}).'.format(
                 setting, count, count - 1))
     return chainer.get_device('@cupy:{}'.format(index))
 
@@ -131,20 +131,20 @@ def communicator_name(setting, device):
 
 
 def check_communicator(name, device, allreduce_dtype):
-    """Raise ``RuntimeError_`` for a communicator that cannot work on ``device``."""
+    """Raise ``StartupError`` for a communicator that cannot work on ``device``."""
     on_gpu = device.xp is not numpy
     if name in GPU_COMMUNICATORS and not on_gpu:
-        raise RuntimeError_(
+        raise StartupError(
             'comm.communicator={} moves GPU arrays, but this rank computes on the CPU; use '
             'comm.communicator=auto (or {} / naive) on the CPU.'.format(
                 name, comm_module.INPLACE))
     if name in ('pure_nccl', 'non_cuda_aware') and not nccl_available():
-        raise RuntimeError_(
+        raise StartupError(
             'comm.communicator={} needs NCCL, which CuPy cannot load here; install it '
             '(pip install nvidia-nccl-cu12 or nvidia-nccl-cu13, matching CuPy) or use '
             'comm.communicator=flat with a CUDA-aware MPI.'.format(name))
     if allreduce_dtype == 'float16' and name != 'pure_nccl':
-        raise RuntimeError_(
+        raise StartupError(
             'comm.allreduce_dtype=float16 needs the pure_nccl communicator on GPUs, but '
             'this run uses {} on the {}; use comm.allreduce_dtype=float32.'.format(
                 name, 'GPU' if on_gpu else 'CPU'))
@@ -176,21 +176,21 @@ def _local_index(node_comm):
 
 
 def agree(mpi_comm, error):
-    """Collective: raise ``RuntimeError_`` on every rank if ``error`` is set on any rank."""
+    """Collective: raise ``StartupError`` on every rank if ``error`` is set on any rank."""
     failed = [(rank, e) for rank, e in enumerate(mpi_comm.allgather(error)) if e]
     if failed:
         rank, message = failed[0]
         if mpi_comm.size > 1:
             message = 'rank {} ({} of {} ranks failed): {}'.format(
                 rank, len(failed), mpi_comm.size, message)
-        raise RuntimeError_(message)
+        raise StartupError(message)
 
 
 def create_runtime(config):
     """Start MPI (or a size-1 world without mpiexec) and pick this rank's device.
 
     Every check runs on every rank and the outcome is shared, so a problem on one rank
-    (a node with fewer GPUs) makes every rank raise the same ``RuntimeError_`` instead of
+    (a node with fewer GPUs) makes every rank raise the same ``StartupError`` instead of
     leaving the others waiting in a collective.
     """
     if config.data.loader == 'multiprocess':
@@ -210,7 +210,7 @@ def create_runtime(config):
         device = select_device(config.device, local_index, world.size)
         name = communicator_name(config.comm.communicator, device)
         check_communicator(name, device, config.comm.allreduce_dtype)
-    except RuntimeError_ as e:
+    except StartupError as e:
         error = str(e)
     agree(world, error)
     set_precision(getattr(config.train, 'dtype', 'float32'))
@@ -220,7 +220,7 @@ def create_runtime(config):
     try:
         comm = comm_module.create_communicator(name, **kwargs)
     except ValueError as e:
-        raise RuntimeError_('comm.communicator={}: {}'.format(name, e))
+        raise StartupError('comm.communicator={}: {}'.format(name, e))
     device.use()
     return Runtime(comm=comm, device=device, communicator=name, nodes=nodes)
 

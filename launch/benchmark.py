@@ -11,7 +11,7 @@ import sys
 import distributed  # noqa: F401  (applies the compat shims before chainer is imported)
 from distributed.bench import format_table, load_bench_config, run_benchmark, training_config
 from distributed.config import ConfigError
-from distributed.runtime import RuntimeError_, create_runtime
+from distributed.runtime import StartupError, create_runtime
 from launch import cli
 
 
@@ -24,7 +24,7 @@ def main(argv=None):
             return 0
         runtime = create_runtime(training_config(config))
         result = run_benchmark(config, runtime)
-    except (ConfigError, RuntimeError_) as e:
+    except (ConfigError, StartupError) as e:
         return cli.fail(e)
     if runtime.is_root:
         os.makedirs(config.out, exist_ok=True)

@@ -10,7 +10,7 @@ import distributed  # noqa: F401  (applies the compat shims before chainer is im
 from distributed.config import ConfigError
 from distributed.data.sop import DataError
 from distributed.evaluate import evaluate, format_report, load_eval_config
-from distributed.runtime import RuntimeError_, create_runtime
+from distributed.runtime import StartupError, create_runtime
 from launch import cli
 
 
@@ -23,7 +23,7 @@ def main(argv=None):
             return 0
         runtime = create_runtime(config)
         result = evaluate(config, runtime)
-    except (ConfigError, DataError, RuntimeError_) as e:
+    except (ConfigError, DataError, StartupError) as e:
         return cli.fail(e)
     if runtime.is_root:
         print(format_report(result, config.split))

@@ -12,7 +12,7 @@ import sys
 import distributed  # noqa: F401  (applies the compat shims before chainer is imported)
 from distributed.config import ConfigError
 from distributed.predict import Predictor, format_prediction, load_predict_config
-from distributed.runtime import RuntimeError_
+from distributed.runtime import StartupError
 
 FAILED_IMAGES_EXIT = 1
 
@@ -39,7 +39,7 @@ def main(argv=None):
     try:
         config = load_predict_config(args.config, args.overrides)
         predictor = Predictor(config)
-    except (ConfigError, RuntimeError_) as e:
+    except (ConfigError, StartupError) as e:
         print('error: {}'.format(e), file=sys.stderr)
         return 2
     failed = 0

@@ -14,7 +14,7 @@ from distributed.data.safe_images import BadImageError
 from distributed.data.sop import DataError
 from distributed.model import create_model, mean_of
 from distributed.optim import create_optimizer, create_schedule
-from distributed.runtime import RuntimeError_, create_runtime, describe_runtime
+from distributed.runtime import StartupError, create_runtime, describe_runtime
 from distributed.trainer import create_trainer, describe, run
 from launch import cli
 
@@ -44,7 +44,7 @@ def main(argv=None):
             cli.print_config(config)
             return 0
         runtime, summary = train(config)
-    except (ConfigError, DataError, RuntimeError_, CheckpointError) as e:
+    except (ConfigError, DataError, StartupError, CheckpointError) as e:
         return cli.fail(e)
     except BadImageError as e:
         # Met by one rank inside the loop while the others wait in a collective: abort all.

@@ -21,7 +21,7 @@ CPU = chainer.get_device('@numpy')
 
 
 def error_of(call, *args, **kwargs):
-    with pytest.raises(rt.RuntimeError_) as info:
+    with pytest.raises(rt.StartupError) as info:
         call(*args, **kwargs)
     return str(info.value)
 
