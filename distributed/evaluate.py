@@ -18,7 +18,7 @@ import numpy
 from chainer.datasets import TransformDataset
 
 from distributed.config import Config, ConfigError, ModelConfig, build, validate
-from distributed.data import sop
+from distributed.data import read_on_root, sop
 from distributed.data.transforms import ValTransform
 from distributed.model import create_model, mean_of
 
@@ -184,15 +184,7 @@ def plot_confusion(confusion, path, names=sop.SUPER_CLASS_NAMES, title='confusio
 
 def load_shard(config, runtime, mean):
     """This rank's part of ``config.split``: shards differ in length by at most one image."""
-    root = sop.resolve_root(config.data.root)
-    dataset = error = None
-    if runtime.is_root:
-        error = sop.check_tree(root)
-        if not error:
-            dataset = sop.load_split(root, config.split)
-    error = runtime.comm.mpi_comm.bcast(error, root=0)
-    if error:
-        raise sop.DataError(error)
+    dataset, = read_on_root(config, runtime, (config.split,), paths=False)
     # Equal-length shards would repeat images and change the counts.
     shard = chainermn.scatter_dataset(dataset, runtime.comm, force_equal_length=False)
     return TransformDataset(

@@ -2,7 +2,6 @@
 import json
 import os
 
-import chainer
 import numpy
 import pytest
 
@@ -10,20 +9,10 @@ from distributed.config import ConfigError
 from distributed.data.sop import SUPER_CLASS_NAMES
 from distributed.evaluate import (Counts, allreduce_counts, format_report, load_eval_config,
                                   load_model, plot_confusion, summarize, topk_hits)
-from distributed.model import create_model
 from launching import REPO, TINY, run_launcher
+from saved_models import save_model
 
 SMOKE = os.path.join(REPO, 'configs/smoke.yaml')
-
-
-def save_model(path, initialise=True):
-    """An untrained classifier as launch.train saves one; a forward pass sizes lazy layers."""
-    model = create_model()
-    if initialise:
-        with chainer.using_config('train', False):
-            model.predictor(numpy.zeros((1, 3, 32, 32), numpy.float32))
-    chainer.serializers.save_npz(str(path), model)
-    return str(path)
 
 
 @pytest.fixture(scope='module')

@@ -9,7 +9,7 @@ from PIL import Image
 from distributed.config import ConfigError
 from distributed.predict import Predictor, format_prediction, load_predict_config
 from launching import REPO, TINY, run_launcher
-from test_evaluate import save_model
+from saved_models import save_model
 
 SMOKE = os.path.join(REPO, 'configs/smoke.yaml')
 

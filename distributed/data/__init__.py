@@ -27,25 +27,33 @@ def create_datasets(config, runtime, mean):
 def scatter_splits(config, runtime):
     """This rank's (path, label) shards of the train and test splits; collective.
 
-    Rank 0 reads the index files and checks the tree; the train split is shuffled and
-    scattered in disjoint shards of equal length, the test split in order.
+    The train split is shuffled and scattered in disjoint shards of equal length, the test
+    split in order.
     """
-    root = sop.resolve_root(config.data.root)
-    train = test = None
-    if runtime.is_root:
-        error = sop.check_tree(root)
-        if not error:
-            train = sop.load_split(root, 'train', paths=True)
-            test = sop.load_split(root, 'test', paths=True)
-    else:
-        error = None
-    error = runtime.comm.mpi_comm.bcast(error, root=0)
-    if error:
-        raise sop.DataError(error)
+    train, test = read_on_root(config, runtime, ('train', 'test'), paths=True)
     if runtime.is_root:
         train = equal_shards(train, runtime.size, config.train.seed)
     return (chainermn.scatter_dataset(train, runtime.comm),
             chainermn.scatter_dataset(test, runtime.comm))
+
+
+def read_on_root(config, runtime, splits, paths):
+    """The SOP ``splits`` of ``data.root`` on rank 0 (None on the other ranks); collective.
+
+    Rank 0 checks the tree first; when it is unusable every rank raises the same
+    ``DataError``, so no rank is left waiting. ``paths`` as in ``sop.load_split``.
+    """
+    root = sop.resolve_root(config.data.root)  # on every rank: minisop is made where needed
+    datasets = [None] * len(splits)
+    error = None
+    if runtime.is_root:
+        error = sop.check_tree(root)
+        if not error:
+            datasets = [sop.load_split(root, split, paths=paths) for split in splits]
+    error = runtime.comm.mpi_comm.bcast(error, root=0)
+    if error:
+        raise sop.DataError(error)
+    return datasets
 
 
 def equal_shards(dataset, size, seed):
