@@ -103,26 +103,36 @@ def _synchronizer(device):
 
 
 class _TimedComm:
-    """The communicator, with the time spent in ``multi_node_mean_grad`` added up."""
+    """The communicator, with the time spent in ``multi_node_mean_grad`` added up.
+
+    A barrier first separates the two things a rank's allreduce call would otherwise lump
+    together: waiting for the slower ranks to finish their backward (``wait_seconds``, a
+    cost of compute imbalance that synchronous SGD pays whatever the network) and the
+    communication itself (``seconds``).
+    """
 
     def __init__(self, comm, sync):
         self._comm = comm
         self._sync = sync
-        self.seconds = 0.0
+        self.seconds = self.wait_seconds = 0.0
 
     def __getattr__(self, name):
         return getattr(self._comm, name)
 
     def multi_node_mean_grad(self, model, zero_fill=False):
         self._sync()
+        arrived = time.perf_counter()
+        self._comm.mpi_comm.Barrier()
         start = time.perf_counter()
         self._comm.multi_node_mean_grad(model, zero_fill)
         self._sync()
+        self.wait_seconds += start - arrived
         self.seconds += time.perf_counter() - start
 
 
 def measure_training(config, runtime, model):
     """Mean seconds per iteration of each part of a training step on this rank."""
+    from distributed.comm import loss_function
     from distributed.optim import create_optimizer
     sync = _synchronizer(runtime.device)
     rng = numpy.random.RandomState(config.seed + runtime.rank)
@@ -147,10 +157,10 @@ def measure_training(config, runtime, model):
     # The plain optimizer's update is what the multi-node optimizer calls after the
     # allreduce; shadowing it on this instance times it without changing it.
     actual.update = timed('update', actual.update)
-    lossfun = timed('forward', model)
+    lossfun = timed('forward', loss_function(comm, model))
     rows = []
     for i in range(config.warmup + config.iterations):
-        comm.seconds = times['forward'] = times['update'] = 0.0
+        comm.seconds = comm.wait_seconds = times['forward'] = times['update'] = 0.0
         start = time.perf_counter()
         x, t = chainer.dataset.concat_examples(iterator.next(), runtime.device)
         sync()
@@ -162,8 +172,10 @@ def measure_training(config, runtime, model):
             rest = end - fetched
             rows.append({
                 'data': fetched - start, 'forward': times['forward'],
-                'backward': rest - times['forward'] - times['update'] - comm.seconds,
-                'allreduce': comm.seconds, 'update': times['update'], 'step': end - start})
+                'backward': (rest - times['forward'] - times['update'] - comm.seconds
+                             - comm.wait_seconds),
+                'wait': comm.wait_seconds, 'allreduce': comm.seconds,
+                'update': times['update'], 'step': end - start})
     del actual.update
     return {key: float(numpy.mean([row[key] for row in rows])) for key in rows[0]}
 
@@ -205,7 +217,12 @@ def measure_allreduce(config, runtime, model):
              for _, param in sorted(model.namedparams()) if param.grad is not None]
     flat = numpy.concatenate([g.ravel() for g in grads])
 
+    predivides = hasattr(runtime.comm, 'predivided')
+
     def product():
+        if predivides:
+            # As in training, whose loss was divided by the ranks (comm.loss_function).
+            runtime.comm.grads_predivided = True
         runtime.comm.multi_node_mean_grad(model)
         sync()
 
@@ -334,6 +351,7 @@ def run_benchmark(config, runtime):
         'step_s': slowest['step'],
         'parts_s': slowest,
         'exposed_comm_share': slowest['allreduce'] / slowest['step'],
+        'wait_share': slowest['wait'] / slowest['step'],
         'communicator': type(runtime.comm).__name__,
     }
     result.update(measure_allreduce(config, runtime, model))
@@ -356,10 +374,12 @@ def format_table(result):
     lines = [
         'ResNet training, {ranks} rank(s), {communicator}: {images_per_sec:.1f} img/s total, '
         '{images_per_sec_per_rank:.1f} img/s per rank'.format(**result),
-        '  step {:.1f} ms = data {:.1f} + forward {:.1f} + backward {:.1f} + allreduce '
-        '{:.1f} + update {:.1f} (slowest rank per part); exposed communication {:.1%}'.format(
-            *(parts[k] * ms for k in ('step', 'data', 'forward', 'backward', 'allreduce',
-                                      'update')), result['exposed_comm_share']),
+        '  step {:.1f} ms = data {:.1f} + forward {:.1f} + backward {:.1f} + waiting for '
+        'the slowest rank {:.1f} + allreduce {:.1f} + update {:.1f} (slowest rank per part)'
+        .format(*(parts[k] * ms for k in ('step', 'data', 'forward', 'backward', 'wait',
+                                          'allreduce', 'update'))),
+        '  exposed communication {:.1%} of the step; waiting for the slowest rank {:.1%}'
+        .format(result['exposed_comm_share'], result['wait_share']),
         'Gradient allreduce, {:.1f} MB in {} arrays (median of slowest rank):'.format(
             result['allreduce_bytes'] / 1e6, result['allreduce_arrays']),
         '  product {:.1f} ms | raw flat {:.1f} ms | raw per-array {:.1f} ms | '
@@ -386,14 +406,17 @@ def format_table(result):
 def scaling_report(results, png=None):
     """A table of img/s and scaling efficiency against ranks (and a plot at ``png``)."""
     base = results[0]['images_per_sec'] / results[0]['ranks']
-    rows = ['ranks  img/s total  img/s/rank  efficiency  allreduce ms  exposed comm',
-            '-----  -----------  ----------  ----------  ------------  ------------']
+    rows = ['ranks  img/s total  img/s/rank  efficiency  allreduce ms  exposed comm  '
+            'wait ms',
+            '-----  -----------  ----------  ----------  ------------  ------------  '
+            '-------']
     efficiency = []
     for r in results:
         efficiency.append(r['images_per_sec'] / (r['ranks'] * base))
-        rows.append('{:5d}  {:11.1f}  {:10.1f}  {:9.0%}  {:12.1f}  {:11.1%}'.format(
+        rows.append('{:5d}  {:11.1f}  {:10.1f}  {:9.0%}  {:12.1f}  {:11.1%}  {:7.1f}'.format(
             r['ranks'], r['images_per_sec'], r['images_per_sec'] / r['ranks'],
-            efficiency[-1], r['parts_s']['allreduce'] * 1000, r['exposed_comm_share']))
+            efficiency[-1], r['parts_s']['allreduce'] * 1000, r['exposed_comm_share'],
+            r['parts_s']['wait'] * 1000))
     if png:
         import matplotlib
         matplotlib.use('Agg')

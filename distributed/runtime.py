@@ -138,6 +138,10 @@ def check_communicator(name, device, allreduce_dtype):
             'comm.communicator={} moves GPU arrays, but this rank computes on the CPU; use '
             'comm.communicator=auto (or {} / naive) on the CPU.'.format(
                 name, comm_module.INPLACE))
+    if name == comm_module.INPLACE and on_gpu:
+        raise StartupError(
+            'comm.communicator={} reduces NumPy arrays on the CPU, but this rank computes on '
+            'a GPU; use comm.communicator=auto (pure_nccl, or flat without NCCL).'.format(name))
     if name in ('pure_nccl', 'non_cuda_aware') and not nccl_available():
         raise StartupError(
             'comm.communicator={} needs NCCL, which CuPy cannot load here; install it '

@@ -10,6 +10,7 @@ from chainer.training import extensions
 import numpy
 
 from distributed import checkpoint
+from distributed.comm import loss_function
 from distributed.config import to_dict
 from distributed.data import unreadable_report
 from distributed.optim import schedule_extension
@@ -24,8 +25,9 @@ def create_trainer(config, runtime, model, optimizer, train_iter, test_iter, sch
     Every rank registers the collective extensions (evaluation, aggregation); only rank 0
     registers the ones that print or write, so ``out`` holds exactly one copy of each file.
     """
-    updater = chainer.training.StandardUpdater(train_iter, optimizer, device=runtime.device,
-                                               converter=input_converter)
+    updater = chainer.training.StandardUpdater(
+        train_iter, optimizer, device=runtime.device, converter=input_converter,
+        loss_func=loss_function(runtime.comm, model))
     trainer = chainer.training.Trainer(updater, (config.train.epochs, 'epoch'), out=config.out)
     log_trigger = ((config.train.log_interval, 'iteration') if config.train.log_interval
                    else (1, 'epoch'))

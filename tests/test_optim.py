@@ -4,6 +4,7 @@ import chainermn
 import numpy
 import pytest
 
+from distributed.comm import INPLACE, create_communicator, loss_function
 from distributed.config import load_config
 from distributed.optim import create_optimizer, create_schedule, scaled_lr
 
@@ -48,9 +49,11 @@ def update_once(model, optimizer, x, t):
 
 
 @pytest.mark.mpi
-def test_update_on_n_ranks_equals_one_rank_with_n_times_the_batch(world):
-    """ranks x batch b == 1 rank x batch (ranks x b): the gradient mean across ranks."""
-    comm = chainermn.create_communicator('naive')
+@pytest.mark.parametrize('communicator', ['naive', INPLACE])
+def test_update_on_n_ranks_equals_one_rank_with_n_times_the_batch(world, communicator):
+    """ranks x batch b == 1 rank x batch (ranks x b): the gradient mean across ranks, as the
+    trainer reaches it (with the in-place communicator: a pre-divided loss, summed)."""
+    comm = create_communicator(communicator)
     rng = numpy.random.RandomState(0)
     b = 4
     x = rng.randn(b * comm.size, 6).astype(numpy.float32)
@@ -61,9 +64,10 @@ def test_update_on_n_ranks_equals_one_rank_with_n_times_the_batch(world):
     model = Linear()
     optimizer = create_optimizer(config, model, comm, schedule)
     optimizer.update()  # chainermn's first update() only broadcasts rank 0's weights
+    lossfun = loss_function(comm, model)
+    mine = slice(comm.rank * b, (comm.rank + 1) * b)
     for _ in range(2):  # the second update also checks the momentum buffers
-        update_once(model, optimizer, x[comm.rank * b:(comm.rank + 1) * b],
-                    t[comm.rank * b:(comm.rank + 1) * b])
+        optimizer.update(lossfun, x[mine], t[mine])
 
     reference = Linear()
     sgd = chainer.optimizers.MomentumSGD(lr=0.1, momentum=0.9)

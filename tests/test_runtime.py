@@ -3,6 +3,7 @@
 What needs a GPU (a CuPy device, NCCL, fp16 allreduce) is in test_gpu.py, marked ``gpu``.
 """
 import importlib.util
+import types
 
 import chainer
 import chainer.functions as F
@@ -73,6 +74,12 @@ def test_gpu_communicators_and_fp16_allreduce_are_refused_on_the_cpu():
     assert 'use comm.allreduce_dtype=float32' in message
     rt.check_communicator(comm_module.INPLACE, CPU, 'float32')
     rt.check_communicator('naive', CPU, 'float32')
+
+
+def test_the_cpu_communicator_is_refused_on_a_gpu():
+    gpu = types.SimpleNamespace(xp=object())  # what check_communicator reads of a device
+    message = error_of(rt.check_communicator, comm_module.INPLACE, gpu, 'float32')
+    assert 'reduces NumPy arrays on the CPU' in message and 'communicator=auto' in message
 
 
 def test_describe_runtime_on_the_cpu():

@@ -99,6 +99,8 @@ def val_image(path, scale_size, crop_size, mean):
 
 
 def decode_full(path):
-    """The whole image decoded to RGB uint8 HWC: the floor any full-size reader pays."""
+    """The whole image decoded to RGB uint8 HWC: the floor any full-size reader pays (one
+    decode and the one copy into an array; a conversion only for non-RGB files)."""
     with Image.open(path) as image:
-        return numpy.asarray(image.convert('RGB'))
+        rgb = image if image.mode == 'RGB' else image.convert('RGB')
+        return numpy.asarray(rgb)
