@@ -11,8 +11,6 @@ ARGS ?=
 
 BIN := $(abspath $(VENV))/bin
 MPIEXEC := $(if $(filter pypi,$(MPI)),$(BIN)/mpiexec,mpiexec)
-# One thread per rank: the ranks share this machine's cores.
-RUN_ENV := OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
 STAMP := $(VENV)/.installed-$(MPI)
 
 .PHONY: setup train test lint gpu-wheels clean
@@ -25,16 +23,16 @@ $(STAMP): requirements.txt requirements-mpi.txt scripts/build_wheels.py scripts/
 	@touch $@
 
 train: setup
-	$(RUN_ENV) $(MPIEXEC) -n $(NP) $(BIN)/python -m launch.train -c configs/smoke.yaml $(ARGS)
-	$(RUN_ENV) $(MPIEXEC) -n $(NP) $(BIN)/python -m launch.evaluate -c configs/smoke.yaml $(ARGS)
-	$(RUN_ENV) $(BIN)/python -m launch.view_samples -c configs/smoke.yaml $(ARGS)
+	$(MPIEXEC) -n $(NP) $(BIN)/python -m launch.train -c configs/smoke.yaml $(ARGS)
+	$(MPIEXEC) -n $(NP) $(BIN)/python -m launch.evaluate -c configs/smoke.yaml $(ARGS)
+	$(BIN)/python -m launch.view_samples -c configs/smoke.yaml $(ARGS)
 
 lint: setup
 	$(BIN)/flake8
 
 test: lint
 	$(BIN)/python -m pytest tests
-	$(RUN_ENV) timeout 900 $(MPIEXEC) -n 2 $(BIN)/python -m pytest -m mpi -p no:cacheprovider -q tests
+	timeout 900 $(MPIEXEC) -n 2 $(BIN)/python -m pytest -m mpi -p no:cacheprovider -q tests
 
 # .whl/ for scripts/gpu_check.sh on a GPU machine without internet (Python 3.12, x86_64):
 # chainer and chainercv as pure-Python wheels, and what such a machine may lack (~45 MB).

@@ -10,6 +10,7 @@ import chainer
 import chainermn
 import numpy
 
+import distributed
 from distributed import comm as comm_module
 
 GPU_COMMUNICATORS = ('pure_nccl', 'flat', 'non_cuda_aware')
@@ -288,6 +289,7 @@ def describe_runtime(runtime):
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         lines += ['  ' + line for line in _gpu_lines(runtime)]
+    lines.append('  ' + distributed.THREADS)
     library = MPI.Get_library_version().strip().splitlines()[0]
     lines.append('  MPI: {} (MPI {}.{}, mpi4py {}), host {}'.format(
         ' '.join(library.split()), *MPI.Get_version(), _version('mpi4py'),

@@ -88,7 +88,7 @@ def test_describe_runtime_on_the_cpu():
     assert text.startswith('runtime: 1 rank(s) on 1 node(s), one CPU each, communicator '
                            'inplace, precision float32')
     for part in ('chainer 7.8.1', 'chainercv 0.13.1', 'NumPy ' + numpy.__version__,
-                 'CuPy', 'MPI: ', 'mpi4py'):
+                 'CuPy', 'MPI: ', 'mpi4py', 'threads per rank: '):
         assert part in text
 
 

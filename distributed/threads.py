@@ -1,0 +1,62 @@
+"""CPU threads per rank, chosen as NumPy loads its BLAS.
+
+NumPy's OpenBLAS starts one thread per core in every process. Under ``mpiexec -n N``, N
+ranks on one node then run N x cores threads on the node's cores and every convolution
+waits on the others: 2 ranks on 2 cores trained at 7.9 img/s against 36.5 with one thread
+each (BENCHMARKS.md). Unless the user has chosen (``OMP_NUM_THREADS`` and friends), each
+rank gets its share of the cores it may run on: ``cores // ranks on this node``, at least
+one. The launcher's environment says how many ranks share the node; without one (a plain
+``python``), the process is alone and keeps every core. The environment is left as it was
+found, so processes this one starts choose for themselves.
+"""
+import os
+import sys
+
+THREAD_VARIABLES = ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS')
+"""Set any of these to choose the threads per rank yourself."""
+
+LOCAL_RANKS_VARIABLES = (
+    'MPI_LOCALNRANKS',             # MPICH and Intel MPI (Hydra)
+    'OMPI_COMM_WORLD_LOCAL_SIZE',  # Open MPI
+    'MV2_COMM_WORLD_LOCAL_SIZE',   # MVAPICH2
+    'SLURM_NTASKS_PER_NODE',       # srun with --ntasks-per-node
+)
+
+
+def local_ranks(environ):
+    """Ranks on this node according to the launcher's environment (1 when none says)."""
+    for name in LOCAL_RANKS_VARIABLES:
+        value = environ.get(name, '').split('(')[0].split(',')[0]
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return 1
+
+
+def choose(environ, cores):
+    """Set the thread variables in ``environ`` unless one is set already; say what and why."""
+    chosen = [name for name in THREAD_VARIABLES if environ.get(name)]
+    if chosen:
+        return 'threads per rank: {} (from {})'.format(environ[chosen[0]], chosen[0])
+    ranks = local_ranks(environ)
+    threads = max(1, cores // ranks)
+    for name in THREAD_VARIABLES:
+        environ[name] = str(threads)
+    return ('threads per rank: {} ({} cores / {} rank(s) on this node; set OMP_NUM_THREADS '
+            'to choose)'.format(threads, cores, ranks))
+
+
+def load_numpy():
+    """Import NumPy with this process's share of BLAS threads; return ``choose``'s line."""
+    if 'numpy' in sys.modules:
+        return 'threads per rank: NumPy\'s own choice (NumPy was imported before distributed)'
+    saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    line = choose(os.environ, len(os.sched_getaffinity(0)))
+    try:
+        import numpy  # noqa: F401  (OpenBLAS reads the thread count once, as it loads)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    return line

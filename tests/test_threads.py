@@ -1,0 +1,56 @@
+"""distributed.threads: each rank's share of the cores, unless the user chose."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from distributed import threads
+from launching import MPIEXEC, REPO
+
+CORES = len(os.sched_getaffinity(0))
+PROBE = ('import os, distributed; '
+         'print(len(os.listdir("/proc/self/task")), os.environ.get("OMP_NUM_THREADS"))')
+
+
+def test_each_rank_gets_its_share_of_the_cores():
+    env = {'MPI_LOCALNRANKS': '4'}
+    line = threads.choose(env, cores=16)
+    assert env['OMP_NUM_THREADS'] == env['OPENBLAS_NUM_THREADS'] == '4'
+    assert line.startswith('threads per rank: 4 (16 cores / 4 rank(s) on this node')
+    env = {'OMPI_COMM_WORLD_LOCAL_SIZE': '8'}
+    threads.choose(env, cores=4)
+    assert env['OMP_NUM_THREADS'] == '1'  # never zero
+    env = {'SLURM_NTASKS_PER_NODE': '2(x3)'}
+    threads.choose(env, cores=8)
+    assert env['OMP_NUM_THREADS'] == '4'
+    env = {}
+    threads.choose(env, cores=8)  # no launcher: alone on the node
+    assert env['OMP_NUM_THREADS'] == '8'
+
+
+def test_the_users_choice_is_kept():
+    env = {'MPI_LOCALNRANKS': '4', 'OPENBLAS_NUM_THREADS': '3'}
+    assert threads.choose(env, cores=16) == 'threads per rank: 3 (from OPENBLAS_NUM_THREADS)'
+    assert 'OMP_NUM_THREADS' not in env
+
+
+def _probe(ranks, **extra):
+    env = {k: v for k, v in os.environ.items()
+           if k not in threads.THREAD_VARIABLES + threads.LOCAL_RANKS_VARIABLES}
+    env.update(PYTHONPATH=REPO, **extra)
+    command = [sys.executable, '-c', PROBE]
+    if ranks > 1:
+        command = [MPIEXEC, '-n', str(ranks)] + command
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return sorted(done.stdout.split('\n')[:-1])
+
+
+@pytest.mark.skipif(CORES < 2, reason='needs 2 cores to tell 1 thread from several')
+def test_ranks_started_by_mpiexec_run_one_blas_thread_per_core_share():
+    # The process's thread count is what OpenBLAS really started; the environment
+    # is left as it was found, so processes a rank starts choose for themselves.
+    assert _probe(2) == ['{} None'.format(max(1, CORES // 2))] * 2
+    assert _probe(1) == ['{} None'.format(CORES)]
+    assert _probe(2, OMP_NUM_THREADS='2') == ['2 2'] * 2
