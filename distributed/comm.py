@@ -16,6 +16,8 @@ import weakref
 import chainermn
 import numpy
 
+from distributed import compat
+
 INPLACE = 'inplace'
 """The communicator name (``comm.communicator``) of ``InPlaceMeanGrad`` over ``naive``."""
 
@@ -106,6 +108,7 @@ def create_communicator(name, **kwargs):
 
     Raises ValueError (ChainerMN's) for names or options the communicator does not take.
     """
+    compat.chainermn_unpack_params()
     if name == INPLACE:
         if kwargs.get('allreduce_grad_dtype') not in (None, 'float32', numpy.float32):
             # MPI has no portable float16 sum; converting on the CPU would add two passes

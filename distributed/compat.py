@@ -212,6 +212,44 @@ def _cupy_quiet_absences():
         _note('cupy.cuda.nccl imported quietly (no libnccl)')
 
 
+def _unpack_params(params, attr_name, buffer, transfer_dtype, zero_fill, stream=None):
+    # The same work as chainermn 7.8.1's unpack_params (copy each parameter's slice of the
+    # communication buffer back into it), converting dtypes with astype.
+    offset = 0
+    for param in params:
+        array = getattr(param, attr_name)
+        if array is None and attr_name == 'grad' and zero_fill:
+            array = param.xp.empty_like(param.data)
+            setattr(param, attr_name, array)
+        nbytes = array.size * numpy.dtype(transfer_dtype).itemsize
+        if array.dtype == transfer_dtype:
+            buffer.to_device(array, nbytes, offset, stream)
+        else:
+            staged = array.astype(transfer_dtype)
+            buffer.to_device(staged, nbytes, offset, stream)
+            array[...] = staged.astype(array.dtype)
+        offset += nbytes
+
+
+_unpack_params.replaces = 'chainermn.communicators._memory_utility.unpack_params'
+
+
+def chainermn_unpack_params():
+    """Applied by ``comm.create_communicator``, not by ``apply``: chainermn's module
+    initialises MPI as it loads, which must wait until the runtime is set up.
+
+    chainermn's unpack_params converts a parameter whose dtype differs from the buffer's
+    with ``xp.array(v, copy=False, dtype=...)``, which NumPy 2 and CuPy 14 refuse (a copy
+    is needed). It runs in pure_nccl's bcast_data, the first update and every resume:
+    under train.dtype=mixed16 the buffer is float16 and BatchNorm's parameters float32,
+    so a GPU run would stop at its first step. Idempotent.
+    """
+    from chainermn.communicators import _memory_utility
+    if _memory_utility.unpack_params is not _unpack_params:
+        _memory_utility.unpack_params = _unpack_params
+    _note('chainermn unpack_params converts with astype')
+
+
 # In the order apply() runs them.
 SHIMS = (_numpy_sctypes, _numpy_distutils, _pkg_resources, _distutils_util,
          _chainercv_nms_gpu_post, _chainer_version_warning, _cupy_quiet_absences)

@@ -4,8 +4,11 @@ Every check runs in a fresh interpreter, since what is being tested is what happ
 chainer and chainercv are first imported. A "without" check loads compat.py on its own,
 applies every shim but one, and shows that chainer (or chainercv) then breaks; a "with"
 check imports ``distributed`` first, as the product does, and shows that it works.
+The chainermn shim is the exception: chainermn's module starts MPI as it loads, so the
+shim is applied when a communicator is made, and its checks run in this process.
 """
 import glob
+import importlib
 import importlib.metadata
 import importlib.util
 import os
@@ -15,6 +18,7 @@ import textwrap
 import warnings
 
 import numpy
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPAT = os.path.join(REPO, 'distributed', 'compat.py')
@@ -395,3 +399,62 @@ def test_warns_when_chainer_came_first():
             import distributed  # noqa: F401
         assert any('import distributed first' in str(w.message) for w in caught), caught
         ''')
+
+
+class _Buffer:
+    """What unpack_params reads from: chainermn's DeviceMemory, on the CPU."""
+
+    def __init__(self, values, dtype):
+        self.bytes = numpy.concatenate([numpy.asarray(v, dtype).ravel() for v in values]).view(
+            numpy.uint8)
+
+    def to_device(self, dst, size, offset, stream=None):
+        dst.view(numpy.uint8).ravel()[...] = self.bytes[offset:offset + size]
+
+
+def _mixed_params():
+    import chainer
+    # A float16 convolution weight and a float32 BatchNorm gamma, as under mixed16.
+    return [chainer.Parameter(numpy.zeros((2, 3), numpy.float16)),
+            chainer.Parameter(numpy.zeros(4, numpy.float32))]
+
+
+def test_chainermn_unpack_params_fails_on_numpy2_for_mixed_dtypes():
+    from chainermn.communicators import _memory_utility
+    from distributed import compat
+    fresh = importlib.reload(_memory_utility)  # chainermn's own function, unpatched
+    try:
+        values = [numpy.arange(6).reshape(2, 3), numpy.arange(4) / 4]
+        with pytest.raises(ValueError, match='copy'):
+            fresh.unpack_params(_mixed_params(), 'data', _Buffer(values, numpy.float16),
+                                numpy.float16, False)
+    finally:
+        compat.chainermn_unpack_params()
+
+
+def test_unpack_params_stand_in_converts_mixed_dtypes():
+    from distributed.comm import create_communicator
+    from chainermn.communicators import _memory_utility
+    create_communicator('naive')  # applies the shim, as the runtime does
+    params = _mixed_params()
+    values = [numpy.arange(6).reshape(2, 3), numpy.arange(4) / 4]
+    _memory_utility.unpack_params(params, 'data', _Buffer(values, numpy.float16),
+                                  numpy.float16, False)
+    numpy.testing.assert_array_equal(params[0].array, values[0])
+    numpy.testing.assert_array_equal(params[1].array, values[1])
+    assert (params[0].dtype, params[1].dtype) == (numpy.float16, numpy.float32)
+    # Gradients too, with zero_fill making the missing one (float32 grads, float16 buffer,
+    # as comm.allreduce_dtype=float16 would send them).
+    params = [chainer_param(numpy.float32) for _ in range(2)]
+    params[0].grad = numpy.zeros(4, numpy.float32)
+    grads = [numpy.full(4, 0.5), numpy.full(4, -2.0)]
+    _memory_utility.unpack_params(params, 'grad', _Buffer(grads, numpy.float16),
+                                  numpy.float16, True)
+    for param, grad in zip(params, grads):
+        numpy.testing.assert_array_equal(param.grad, grad)
+        assert param.grad.dtype == numpy.float32
+
+
+def chainer_param(dtype):
+    import chainer
+    return chainer.Parameter(numpy.ones(4, dtype))
