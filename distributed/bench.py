@@ -3,7 +3,7 @@
 Three measurements, each next to its baseline from the same run:
 - training: ResNet steps on synthetic in-memory data through the product's runtime,
   multi-node optimizer and communicator; each step split into data wait, forward,
-  backward, gradient allreduce and update;
+  backward, waiting for the slowest rank, gradient allreduce and update;
 - allreduce: the product's ``multi_node_mean_grad`` of the model's real gradients against
   raw mpi4py ``Allreduce`` of the same bytes (one flat buffer, and one call per array) and
   against ChainerMN's stock ``naive`` communicator, rounds interleaved;
