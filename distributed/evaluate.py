@@ -21,6 +21,7 @@ from distributed.config import Config, ConfigError, ModelConfig, build, validate
 from distributed.data import read_on_root, sop
 from distributed.data.transforms import ValTransform
 from distributed.model import create_model, mean_of
+from distributed.runtime import InputConverter
 
 TOP_K = (1, 5)
 SPLITS = ('test', 'train')
@@ -182,13 +183,13 @@ def plot_confusion(confusion, path, names=sop.SUPER_CLASS_NAMES, title='confusio
     fig.savefig(path, dpi=100)
 
 
-def load_shard(config, runtime, mean):
+def load_shard(config, runtime):
     """This rank's part of ``config.split``: shards differ in length by at most one image."""
     dataset, = read_on_root(config, runtime, (config.split,), paths=False)
     # Equal-length shards would repeat images and change the counts.
     shard = chainermn.scatter_dataset(dataset, runtime.comm, force_equal_length=False)
     return TransformDataset(
-        shard, ValTransform(mean, config.data.crop_size, config.data.scale_size))
+        shard, ValTransform(config.data.crop_size, config.data.scale_size))
 
 
 class Progress:
@@ -217,9 +218,10 @@ def count_shard(model, dataset, config, device, progress=None):
         iterator = chainer.iterators.SerialIterator(dataset, batch_size, repeat=False,
                                                     shuffle=False)
     cpu = chainer.backend.CpuDevice()
+    converter = InputConverter(mean_of(model))
     try:
         for i, batch in enumerate(iterator, 1):
-            x, t = chainer.dataset.concat_examples(batch, device)
+            x, t = converter(batch, device)
             with chainer.using_config('train', False), chainer.no_backprop_mode():
                 y = model.predictor(x)
             counts.add(cpu.send(y.array), cpu.send(t))
@@ -244,7 +246,7 @@ def evaluate(config, runtime):
     errors = [e for e in runtime.comm.mpi_comm.allgather(error) if e]
     if errors:
         raise ConfigError(errors[0])
-    dataset = load_shard(config, runtime, mean_of(model))
+    dataset = load_shard(config, runtime)
     model.to_device(runtime.device)
     batch_size = config.train.eval_batch_size or config.train.batch_size
     progress = None

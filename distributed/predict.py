@@ -15,7 +15,7 @@ from distributed.data import sop
 from distributed.data.transforms import ValTransform
 from distributed.evaluate import WeightsModelConfig, check_weights, expand_shorthand, load_model
 from distributed.model import mean_of
-from distributed.runtime import select_device
+from distributed.runtime import InputConverter, select_device
 
 
 @dataclasses.dataclass
@@ -64,13 +64,12 @@ class Predictor:
         self.device = select_device(config.device, 0, 1)
         self.model = load_model(config)
         self.model.to_device(self.device)
-        self.transform = ValTransform(mean_of(self.model), config.data.crop_size,
-                                      config.data.scale_size)
+        self.transform = ValTransform(config.data.crop_size, config.data.scale_size)
+        self.converter = InputConverter(mean_of(self.model))
         self.top_k = config.top_k
 
     def probabilities(self, img):
-        x, _ = self.transform((img, None))
-        x = self.device.send(x[None])
+        x, _ = self.converter([self.transform((img, 0))], self.device)
         with chainer.using_config('train', False), chainer.no_backprop_mode():
             y = chainer.functions.softmax(self.model.predictor(x))
         return chainer.backend.CpuDevice().send(y.array)[0].astype(numpy.float64)

@@ -14,7 +14,8 @@ from distributed.comm import loss_function
 from distributed.config import to_dict
 from distributed.data import unreadable_report
 from distributed.optim import schedule_extension
-from distributed.runtime import input_converter
+from distributed.model import mean_of
+from distributed.runtime import InputConverter
 
 TRAIN_KEYS = ('main/loss', 'main/accuracy')
 
@@ -25,8 +26,9 @@ def create_trainer(config, runtime, model, optimizer, train_iter, test_iter, sch
     Every rank registers the collective extensions (evaluation, aggregation); only rank 0
     registers the ones that print or write, so ``out`` holds exactly one copy of each file.
     """
+    converter = InputConverter(mean_of(model))
     updater = chainer.training.StandardUpdater(
-        train_iter, optimizer, device=runtime.device, converter=input_converter,
+        train_iter, optimizer, device=runtime.device, converter=converter,
         loss_func=loss_function(runtime.comm, model))
     trainer = chainer.training.Trainer(updater, (config.train.epochs, 'epoch'), out=config.out)
     log_trigger = ((config.train.log_interval, 'iteration') if config.train.log_interval
@@ -36,7 +38,7 @@ def create_trainer(config, runtime, model, optimizer, train_iter, test_iter, sch
     trainer.extend(schedule_extension(schedule))
     trainer.extend(mean_across_ranks(runtime.comm, TRAIN_KEYS))
     evaluator = extensions.Evaluator(test_iter, model, device=runtime.device,
-                                     converter=input_converter)
+                                     converter=converter)
     trainer.extend(chainermn.create_multi_node_evaluator(evaluator, runtime.comm),
                    trigger=eval_trigger, name='validation')
     if runtime.is_root:

@@ -12,7 +12,7 @@ from distributed.config import ConfigError, load_config
 from distributed.data import create_datasets, create_iterators
 from distributed.data.safe_images import BadImageError
 from distributed.data.sop import DataError
-from distributed.model import create_model, mean_of
+from distributed.model import create_model
 from distributed.optim import create_optimizer, create_schedule
 from distributed.runtime import StartupError, create_runtime, describe_runtime
 from distributed.trainer import create_trainer, describe, run
@@ -26,7 +26,7 @@ def train(config):
     seed_random_state(config.train.seed, 0)  # the same initial weights on every rank
     model = create_model(config.model.arch, zero_gamma=config.model.zero_gamma)
     seed_random_state(config.train.seed, runtime.rank)  # augmentation differs per rank
-    train_set, test_set = create_datasets(config, runtime, mean_of(model))
+    train_set, test_set = create_datasets(config, runtime)
     model.to_device(runtime.device)
     train_iter, test_iter = create_iterators(config, train_set, test_set, runtime.rank)
     iters_per_epoch = len(train_set) / config.train.batch_size

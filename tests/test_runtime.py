@@ -115,13 +115,21 @@ def test_local_index_follows_cuda_visible_devices(world, monkeypatch):
         node.Free()
 
 
-def test_input_converter_casts_images_only_under_mixed16():
-    batch = [(numpy.ones((3, 4, 4), numpy.float32), numpy.int32(i)) for i in range(2)]
-    x, t = rt.input_converter(batch)
+def test_input_converter_subtracts_the_mean_in_the_compute_dtype():
+    rng = numpy.random.RandomState(0)
+    images = rng.randint(0, 256, (2, 3, 4, 4)).astype(numpy.uint8)
+    batch = [(images[i], numpy.int32(i)) for i in range(2)]
+    mean = numpy.array([123.5, 117.0, 104.25], numpy.float32).reshape(3, 1, 1)
+    converter = rt.InputConverter(mean)
+    x, t = converter(batch, CPU)
     assert (x.dtype, t.dtype) == (numpy.float32, numpy.int32)
+    numpy.testing.assert_array_equal(x, images.astype(numpy.float32) - mean)
+    numpy.testing.assert_array_equal(t, [0, 1])
+    assert images.dtype == numpy.uint8  # the batch itself is left alone
     with chainer.using_config('dtype', chainer.mixed16):
-        x, t = rt.input_converter(batch)
-    assert (x.dtype, t.dtype) == (numpy.float16, numpy.int32)
+        x16, t = converter(batch, -1)  # chainer's old-style device argument
+    assert (x16.dtype, t.dtype) == (numpy.float16, numpy.int32)
+    numpy.testing.assert_array_equal(x16, x.astype(numpy.float16))
 
 
 class TinyNet(chainer.Chain):
@@ -143,8 +151,8 @@ def test_mixed16_trains_on_the_cpu_with_float32_master_weights():
     config = load_config(None, ['train.dtype=mixed16', 'optimizer.lr=0.05',
                                 'optimizer.weight_decay=0'])
     rng = numpy.random.RandomState(0)
-    images = rng.rand(16, 3, 8, 8).astype(numpy.float32)
-    labels = (images[:, 0].mean(axis=(1, 2)) * 3).astype(numpy.int32) % 3
+    images = rng.randint(0, 256, (16, 3, 8, 8)).astype(numpy.uint8)
+    labels = (images[:, 0].mean(axis=(1, 2)) / 256 * 3).astype(numpy.int32) % 3
     comm = comm_module.create_communicator(comm_module.INPLACE)
     with chainer.using_config('dtype', chainer.mixed16):
         model = L.Classifier(TinyNet())
@@ -152,7 +160,7 @@ def test_mixed16_trains_on_the_cpu_with_float32_master_weights():
         iterator = chainer.iterators.SerialIterator(
             chainer.datasets.TupleDataset(images, labels), 4, shuffle=False)
         updater = chainer.training.StandardUpdater(iterator, optimizer,
-                                                   converter=rt.input_converter)
+                                                   converter=rt.InputConverter(127.5))
         before = model.predictor.conv.W.array.copy()
         losses = []
         for _ in range(8):

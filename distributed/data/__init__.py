@@ -9,18 +9,19 @@ from distributed.data.safe_images import SkipUnreadable, Tolerant, gather_skippe
 from distributed.data.transforms import TrainTransform, ValTransform
 
 
-def create_datasets(config, runtime, mean):
+def create_datasets(config, runtime):
     """This rank's shards of the train and test splits, with their transforms.
 
-    Examples are (file path, label) pairs decoded by the transforms; files that do not
-    decode are handled as ``data.on_bad_image`` says (see ``safe_images``).
+    Examples are (file path, label) pairs decoded by the transforms into uint8 images;
+    files that do not decode are handled as ``data.on_bad_image`` says (see
+    ``safe_images``).
     """
     train, test = scatter_splits(config, runtime)
     crop, scale = config.data.crop_size, config.data.scale_size
     policy, rank = config.data.on_bad_image, runtime.rank
-    return (SkipUnreadable(TransformDataset(train, Tolerant(TrainTransform(mean, crop))),
+    return (SkipUnreadable(TransformDataset(train, Tolerant(TrainTransform(crop))),
                            policy, rank),
-            SkipUnreadable(TransformDataset(test, Tolerant(ValTransform(mean, crop, scale))),
+            SkipUnreadable(TransformDataset(test, Tolerant(ValTransform(crop, scale))),
                            policy, rank))
 
 

@@ -7,8 +7,10 @@ so the distribution and the random-number use are chainercv's), the JPEG is deco
 the smallest DCT scale (1/2, 1/4, 1/8) that still covers the crop at full resolution
 (PIL's ``Image.draft``), the crop box is resized to the output in one uint8 pass
 (``Image.resize(box=...)``, whose filter still reads pixels beyond the box, like resizing
-the whole image would), and only the final crop is flipped, converted to float32 and
-mean-subtracted, in one pass.
+the whole image would), and only the final crop is flipped. The result stays uint8: the
+float conversion and the mean subtraction happen once per batch, on the device
+(``runtime.InputConverter``), and a batch crosses from loader processes and to the GPU
+in a quarter of float32's bytes.
 """
 import math
 
@@ -38,20 +40,16 @@ def _decode_box(image, box, out_size):
     return image, (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
 
 
-def _to_chw(image, mean, x_flip):
+def _to_chw(image, x_flip=False):
+    """The RGB ``image`` as a contiguous (3, H, W) uint8 array, mirrored if ``x_flip``."""
     if x_flip:
         image = image.transpose(Image.FLIP_LEFT_RIGHT)
-    # Planar channels from PIL are contiguous, so the float conversion and the mean
-    # subtraction are one sequential pass per channel into the CHW result.
-    out = numpy.empty((3, image.size[1], image.size[0]), numpy.float32)
-    for c, channel in enumerate(image.split()):
-        numpy.subtract(numpy.asarray(channel), mean[c], out=out[c], dtype=numpy.float32)
-    return out
+    return numpy.stack([numpy.asarray(channel) for channel in image.split()])
 
 
-def train_image(path, crop_size, mean):
-    """``(3, crop_size, crop_size)`` float32: random-sized crop (scale 0.08-1, aspect
-    3/4-4/3), resize, random horizontal flip, mean subtracted; as chainercv's transforms."""
+def train_image(path, crop_size):
+    """``(3, crop_size, crop_size)`` uint8: random-sized crop (scale 0.08-1, aspect 3/4-4/3),
+    resize, random horizontal flip; as chainercv's transforms draw them."""
     with Image.open(path) as image:
         width, height = image.size
         # chainercv draws the crop from the shape alone; an empty array of that shape
@@ -68,7 +66,7 @@ def train_image(path, crop_size, mean):
         # resampling in most cases, at a fraction of the cost for large crops.
         out = decoded.resize(size, Image.BILINEAR, box=box, reducing_gap=3.0)
     _, flip = transforms.random_flip(numpy.empty((0, 1, 1)), x_random=True, return_param=True)
-    return _to_chw(out, mean, flip['x_flip'])
+    return _to_chw(out, flip['x_flip'])
 
 
 def val_geometry(height, width, scale_size, crop_size):
@@ -86,16 +84,16 @@ def val_geometry(height, width, scale_size, crop_size):
     return (x0 * sx, y0 * sy, (x0 + crop_size) * sx, (y0 + crop_size) * sy)
 
 
-def val_image(path, scale_size, crop_size, mean):
-    """``(3, crop_size, crop_size)`` float32: shorter side scaled to ``scale_size``,
-    center crop, mean subtracted; as chainercv's ``scale`` and ``center_crop``."""
+def val_image(path, scale_size, crop_size):
+    """``(3, crop_size, crop_size)`` uint8: shorter side scaled to ``scale_size``, center
+    crop; as chainercv's ``scale`` and ``center_crop``."""
     with Image.open(path) as image:
         width, height = image.size
         box = val_geometry(height, width, scale_size, crop_size)
         if image.mode != 'RGB':
             image = image.convert('RGB')
         out = image.resize((crop_size, crop_size), Image.BILINEAR, box=box)
-    return _to_chw(out, mean, False)
+    return _to_chw(out)
 
 
 def decode_full(path):

@@ -3,7 +3,9 @@
 An example is ``(image, label)``. When the image is a decoded CHW array, chainercv's
 transforms do the work. When it is a file path, ``fastimage`` decodes only what the crop
 needs, on uint8, with chainercv's crop sampling and the same output: the fast path the
-product's datasets use (``sop.load_split(..., paths=True)``).
+product's datasets use (``sop.load_split(..., paths=True)``). Either way the result is a
+(3, crop, crop) uint8 image: the mean is subtracted later, per batch and on the device,
+by ``runtime.InputConverter``.
 """
 from chainercv import transforms
 import numpy
@@ -11,46 +13,43 @@ import numpy
 from distributed.data import fastimage
 
 
-def _mean(mean):
-    return numpy.asarray(mean, dtype=numpy.float32)
+def to_uint8(img):
+    """A float image from chainercv's transforms, rounded to uint8 like the fast path's."""
+    return numpy.clip(numpy.rint(img), 0, 255).astype(numpy.uint8)
 
 
 class TrainTransform:
-    """Random-sized crop (Szegedy et al. 2015), resize, horizontal flip, mean subtraction.
+    """Random-sized crop (Szegedy et al. 2015), resize, horizontal flip.
 
     The crop and flip draw from Python's ``random``, as chainercv's do; CPython reseeds it
     in every forked process, so MultiprocessIterator workers (forkserver children) draw
     independent crops.
     """
 
-    def __init__(self, mean, crop_size):
-        self.mean = _mean(mean)
+    def __init__(self, crop_size):
         self.crop_size = crop_size
 
     def __call__(self, in_data):
         img, label = in_data
         if isinstance(img, str):
-            return fastimage.train_image(img, self.crop_size, self.mean), label
+            return fastimage.train_image(img, self.crop_size), label
         img = transforms.random_sized_crop(img)
         img = transforms.resize(img, (self.crop_size, self.crop_size))
         img = transforms.random_flip(img, x_random=True)
-        img -= self.mean
-        return img, label
+        return to_uint8(img), label
 
 
 class ValTransform:
-    """Scale the shorter side, take the center crop, subtract the mean: deterministic."""
+    """Scale the shorter side, take the center crop: deterministic."""
 
-    def __init__(self, mean, crop_size, scale_size):
-        self.mean = _mean(mean)
+    def __init__(self, crop_size, scale_size):
         self.crop_size = crop_size
         self.scale_size = scale_size
 
     def __call__(self, in_data):
         img, label = in_data
         if isinstance(img, str):
-            return fastimage.val_image(img, self.scale_size, self.crop_size, self.mean), label
+            return fastimage.val_image(img, self.scale_size, self.crop_size), label
         img = transforms.scale(img, self.scale_size)
         img = transforms.center_crop(img, (self.crop_size, self.crop_size))
-        img -= self.mean
-        return img, label
+        return to_uint8(img), label

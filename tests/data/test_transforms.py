@@ -1,4 +1,4 @@
-"""The fast path from a file path has chainercv's augmentation semantics."""
+"""The fast path from a file path has chainercv's augmentation semantics, in uint8."""
 import multiprocessing
 import random
 
@@ -7,8 +7,9 @@ import numpy
 import pytest
 from chainercv.utils import read_image
 
-from distributed.bench import write_jpegs
+from distributed.bench import chainercv_train_transform, write_jpegs
 from distributed.data.transforms import TrainTransform, ValTransform
+from distributed.runtime import InputConverter
 
 MEAN = numpy.array([123.0, 117.0, 104.0], numpy.float32).reshape(3, 1, 1)
 
@@ -18,21 +19,33 @@ def jpegs(tmp_path_factory):
     return write_jpegs(str(tmp_path_factory.mktemp('jpegs')), 8, seed=3)
 
 
-def test_train_output_shape_dtype_and_mean(jpegs):
+def test_train_output_shape_and_dtype(jpegs):
     for path in jpegs:  # includes grayscale JPEGs
-        random.seed(1)
-        img, label = TrainTransform(MEAN, 64)((path, 5))
-        assert img.shape == (3, 64, 64) and img.dtype == numpy.float32 and label == 5
-        random.seed(1)
-        raw, _ = TrainTransform(numpy.zeros((3, 1, 1)), 64)((path, 5))
-        numpy.testing.assert_allclose(raw - img, numpy.broadcast_to(MEAN, img.shape), atol=1e-4)
-        assert raw.min() >= 0 and raw.max() <= 255
+        img, label = TrainTransform(64)((path, 5))
+        assert img.shape == (3, 64, 64) and img.dtype == numpy.uint8 and label == 5
+        assert img.flags.c_contiguous
+        # The decoded-array path gives the same contract.
+        img, _ = TrainTransform(64)((read_image(path), 5))
+        assert img.shape == (3, 64, 64) and img.dtype == numpy.uint8
+
+
+def test_images_normalised_by_the_converter_match_chainercvs_path(jpegs):
+    # chainercv's path (float32, mean subtracted per image) against the product's (uint8,
+    # mean subtracted per batch by the converter): the same numbers up to uint8 rounding.
+    converter = InputConverter(MEAN)
+    for path in jpegs:
+        random.seed(7)
+        product, _ = converter([TrainTransform(40)((read_image(path), 0))])
+        random.seed(7)
+        reference = chainercv_train_transform(path, 40, MEAN)
+        assert product.dtype == numpy.float32
+        numpy.testing.assert_allclose(product[0], reference, atol=0.5 + 1e-4)
 
 
 def test_train_draws_the_same_crop_and_flip_as_chainercv(jpegs):
     # Same seed, same random-number use: the crop box and the flip are chainercv's, so
     # the images agree up to resampling (uint8 rounding, reduced-size JPEG decoding).
-    transform = TrainTransform(MEAN, 48)
+    transform = TrainTransform(48)
     flips = []
     for seed in range(40):
         path = jpegs[seed % len(jpegs)]
@@ -42,6 +55,7 @@ def test_train_draws_the_same_crop_and_flip_as_chainercv(jpegs):
         random.seed(seed)
         slow, _ = transform((read_image(path), 0))
         assert random.random() == after_fast
+        fast, slow = fast.astype(numpy.float32), slow.astype(numpy.float32)
         assert numpy.abs(fast - slow).mean() < 4.0
         mirrored = numpy.abs(fast[:, :, ::-1] - slow).mean()
         flips.append(numpy.abs(fast - slow).mean() < mirrored)
@@ -51,9 +65,9 @@ def test_train_draws_the_same_crop_and_flip_as_chainercv(jpegs):
 def test_train_crops_cover_the_scale_range(jpegs):
     # A crop of a small part of the image is smoother than a crop of all of it: over many
     # draws the output's spread of detail varies, and flips happen about half the time.
-    transform = TrainTransform(numpy.zeros((3, 1, 1)), 32)
+    transform = TrainTransform(32)
     random.seed(0)
-    detail = [numpy.abs(numpy.diff(transform((jpegs[0], 0))[0], axis=2)).mean()
+    detail = [numpy.abs(numpy.diff(transform((jpegs[0], 0))[0].astype(float), axis=2)).mean()
               for _ in range(60)]
     assert max(detail) > 2 * min(detail)
     random.seed(0)
@@ -62,17 +76,17 @@ def test_train_crops_cover_the_scale_range(jpegs):
 
 
 def test_val_equals_chainercv(jpegs):
-    transform = ValTransform(MEAN, 56, 64)
+    transform = ValTransform(56, 64)
     for path in jpegs:
         fast, _ = transform((path, 1))
         slow, _ = transform((read_image(path), 1))
-        assert fast.shape == slow.shape == (3, 56, 56) and fast.dtype == numpy.float32
-        assert numpy.abs(fast - slow).max() <= 1.5
+        assert fast.shape == slow.shape == (3, 56, 56) and fast.dtype == slow.dtype == numpy.uint8
+        assert numpy.abs(fast.astype(int) - slow.astype(int)).max() <= 2
 
 
 def test_forkserver_workers_draw_different_crops(jpegs):
     multiprocessing.set_start_method('forkserver', force=True)
-    dataset = chainer.datasets.TransformDataset([(jpegs[0], 0)] * 8, TrainTransform(MEAN, 32))
+    dataset = chainer.datasets.TransformDataset([(jpegs[0], 0)] * 8, TrainTransform(32))
     iterator = chainer.iterators.MultiprocessIterator(dataset, 8, repeat=False, shuffle=False,
                                                       n_processes=2)
     try:
