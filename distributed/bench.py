@@ -401,12 +401,15 @@ def format_table(result):
         '  exposed communication {:.1%} of the step; waiting for the slowest rank {:.1%}'
         .format(result['exposed_comm_share'], result['wait_share']),
         'Gradient allreduce, {:.1f} MB in {} arrays (median of slowest rank):'.format(
-            result['allreduce_bytes'] / 1e6, result['allreduce_arrays']),
-        '  product {:.1f} ms | raw flat {:.1f} ms | raw per-array {:.1f} ms | '
-        'product / best raw {:.2f}x'.format(
-            result['allreduce_s'] * ms, result['allreduce_raw_flat_s'] * ms,
-            result['allreduce_raw_arrays_s'] * ms, result['allreduce_ratio'])]
-    if result['allreduce_naive_s'] is not None:
+            result['allreduce_bytes'] / 1e6, result['allreduce_arrays'])]
+    if result['ranks'] == 1:
+        lines.append('  one rank: nothing to reduce (the ratios mean something from 2 ranks)')
+    else:
+        lines.append('  product {:.1f} ms | raw flat {:.1f} ms | raw per-array {:.1f} ms | '
+                     'product / best raw {:.2f}x'.format(
+                         result['allreduce_s'] * ms, result['allreduce_raw_flat_s'] * ms,
+                         result['allreduce_raw_arrays_s'] * ms, result['allreduce_ratio']))
+    if result['allreduce_naive_s'] is not None and result['ranks'] > 1:
         lines.append('  chainermn naive {:.1f} ms ({:.2f}x best raw)'.format(
             result['allreduce_naive_s'] * ms, result['allreduce_naive_ratio']))
     if result['allreduce_fp16_s'] is not None:
