@@ -169,6 +169,24 @@ def test_pure_nccl_mean_grad_on_one_rank(allreduce_dtype):
 
 @pytest.mark.gpu
 @gpu
+def test_input_converter_normalises_uint8_batches_on_the_gpu():
+    import chainer
+    device = rt.select_device('0', 0, 1)
+    rng = numpy.random.RandomState(0)
+    batch = [(rng.randint(0, 256, (3, 8, 8)).astype(numpy.uint8), numpy.int32(i))
+             for i in range(4)]
+    converter = rt.InputConverter(numpy.array([120.0, 110.0, 100.0]).reshape(3, 1, 1))
+    expected, _ = converter(batch)
+    x, t = converter(batch, device)
+    assert device.xp is not numpy and isinstance(x, device.xp.ndarray)
+    numpy.testing.assert_array_equal(chainer.backend.CpuDevice().send(x), expected)
+    with chainer.using_config('dtype', chainer.mixed16):
+        x16, _ = converter(batch, device)
+    assert x16.dtype == numpy.float16
+
+
+@pytest.mark.gpu
+@gpu
 def test_describe_runtime_names_the_gpu_stack():
     import cupy
     device = rt.select_device('0', 0, 1)
