@@ -16,9 +16,8 @@ import numpy
 import pytest
 from PIL import Image
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.dirname(sys.executable)
-MPIEXEC = os.path.join(BIN, 'mpiexec')
+from launching import MPIEXEC, REPO
+
 ENV = dict(os.environ, OMP_NUM_THREADS='1', OPENBLAS_NUM_THREADS='1', MKL_NUM_THREADS='1')
 TINY = ['data.crop_size=32', 'data.scale_size=36', 'data.loader=serial', 'train.batch_size=4',
         'train.progress=false', 'optimizer.lr=0.01', 'optimizer.warmup_epochs=0',
@@ -67,7 +66,8 @@ def wait_for(path, proc, timeout=240):
 
 
 def rank_pids(mpiexec_pid):
-    """{rank: pid} of the ranks under ``mpiexec_pid``, from /proc (PMI_RANK in environ)."""
+    """{rank: pid} of the ranks under ``mpiexec_pid``, from /proc: the rank variable the
+    launcher put in each one's environment (Hydra's PMI_RANK, Open MPI's)."""
     children = {}
     for entry in os.listdir('/proc'):
         if entry.isdigit():
@@ -86,8 +86,10 @@ def rank_pids(mpiexec_pid):
                 env = dict(v.split(b'=', 1) for v in f.read().split(b'\0') if b'=' in v)
         except OSError:
             continue
-        if b'PMI_RANK' in env:
-            ranks[int(env[b'PMI_RANK'])] = pid
+        for name in (b'PMI_RANK', b'OMPI_COMM_WORLD_RANK'):
+            if name in env:
+                ranks.setdefault(int(env[name]), pid)  # the rank, not a child of it
+                break
     return ranks
 
 
