@@ -93,6 +93,16 @@ def rank_pids(mpiexec_pid):
     return ranks
 
 
+def assert_stopped_by(signum, code, output):
+    """The ranks exit with 128 + signal; Hydra (MPICH) passes that on as the job's exit
+    status, Open MPI's mpiexec reports a failed job as 1. Non-zero either way."""
+    if 'MPI: MPICH' in output:
+        assert code == 128 + signum, output
+    else:
+        assert code != 0, output
+    assert 'stopped by {}'.format(signal.Signals(signum).name) in output, output
+
+
 def arrays(path):
     with numpy.load(str(path)) as f:
         return {k: f[k] for k in f.files
@@ -146,9 +156,8 @@ def test_sigterm_to_mpiexec_then_sigint_to_one_rank_then_resume_is_exact(
     code, output = finish(proc)
     seconds = time.time() - sent
     record_property('sigterm', (code, round(seconds, 1)))
-    assert code == 128 + signal.SIGTERM, output
+    assert_stopped_by(signal.SIGTERM, code, output)
     assert seconds < DEADLINE
-    assert 'stopped by SIGTERM at iteration' in output, output
     stopped_at = int(output.split('stopped by SIGTERM at iteration ')[1].split(';')[0])
     assert (tmp_path / 'snapshot_iter_{}.npz'.format(stopped_at)).exists()
     assert stopped_at < 9
@@ -165,9 +174,8 @@ def test_sigterm_to_mpiexec_then_sigint_to_one_rank_then_resume_is_exact(
     code, output = finish(proc)
     seconds = time.time() - sent
     record_property('sigint_rank1', (code, round(seconds, 1)))
-    assert code == 128 + signal.SIGINT, output
+    assert_stopped_by(signal.SIGINT, code, output)
     assert seconds < DEADLINE
-    assert 'stopped by SIGINT' in output, output
 
     # 3. Resume to the end: the same weights and momentum as the uninterrupted run.
     code, output = finish(train(tree, tmp_path, 'train.epochs=3', 'resume=auto'))
@@ -198,8 +206,10 @@ def test_sigkill_of_one_rank_ends_the_job(tree, tmp_path, record_property):
     record_property('sigkill_rank1', (code, round(seconds, 1)))
     assert code != 0
     assert seconds < DEADLINE
-    # mpiexec names the process; the job's first line maps process ids to ranks.
-    assert 'PID {}'.format(pids[1]) in output and 'signal 9' in output, output
+    # mpiexec names the process (Hydra by its id, which the job's first line maps to a
+    # rank; Open MPI by its rank).
+    assert 'signal 9' in output, output
+    assert 'PID {}'.format(pids[1]) in output or 'rank 1 ' in output, output
     assert '1 pid {} on'.format(pids[1]) in output
 
 
