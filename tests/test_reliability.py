@@ -18,7 +18,10 @@ from PIL import Image
 
 from launching import MPIEXEC, REPO
 
-ENV = dict(os.environ, OMP_NUM_THREADS='1', OPENBLAS_NUM_THREADS='1', MKL_NUM_THREADS='1')
+# Open MPI's mpiexec sends SIGKILL 1 s after forwarding SIGTERM unless told otherwise;
+# the ranks need longer to write their checkpoint (README, pre-emption). Hydra ignores it.
+ENV = dict(os.environ, OMP_NUM_THREADS='1', OPENBLAS_NUM_THREADS='1', MKL_NUM_THREADS='1',
+           OMPI_MCA_odls_base_sigkill_timeout='120')
 TINY = ['data.crop_size=32', 'data.scale_size=36', 'data.loader=serial', 'train.batch_size=4',
         'train.progress=false', 'optimizer.lr=0.01', 'optimizer.warmup_epochs=0',
         'device=cpu', 'model.arch=resnet50']
