@@ -95,6 +95,12 @@ class InPlaceMeanGrad:
     def allreduce_grad(self, model, zero_fill=False):
         self.multi_node_mean_grad(model, zero_fill)
 
+    def bcast_data(self, model):
+        # ChainerMN's first update broadcasts the weights instead of reducing the gradients
+        # it just computed: the mark of those gradients goes with them.
+        self.grads_predivided = False
+        self._comm.bcast_data(model)
+
 
 def loss_function(comm, model):
     """What the updater should call for the loss: ``model`` itself, or, with a communicator

@@ -98,3 +98,14 @@ def test_loss_function_of_a_chainermn_communicator_is_the_model():
 def test_float16_allreduce_on_cpu_is_a_clear_error():
     with pytest.raises(ValueError, match='pure_nccl'):
         create_communicator(INPLACE, allreduce_grad_dtype='float16')
+
+
+@pytest.mark.mpi
+def test_a_broadcast_step_clears_the_mark_of_its_gradients(world):
+    comm = create_communicator(INPLACE)
+    net = _Net()
+    net(numpy.ones((2, 3), numpy.float32), numpy.zeros(2, numpy.int32))
+    comm.grads_predivided = True  # as after a pre-divided loss's backward
+    comm.bcast_data(net)  # as chainermn's first update does, instead of a reduction
+    assert not comm.grads_predivided
+    assert comm.size == world.size
