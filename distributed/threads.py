@@ -45,12 +45,19 @@ def choose(environ, cores):
             'to choose)'.format(threads, cores, ranks))
 
 
+def usable_cores():
+    """The cores this process may run on (its affinity mask, where the OS has one)."""
+    if hasattr(os, 'sched_getaffinity'):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def load_numpy():
     """Import NumPy with this process's share of BLAS threads; return ``choose``'s line."""
     if 'numpy' in sys.modules:
         return 'threads per rank: NumPy\'s own choice (NumPy was imported before distributed)'
     saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
-    line = choose(os.environ, len(os.sched_getaffinity(0)))
+    line = choose(os.environ, usable_cores())
     try:
         import numpy  # noqa: F401  (OpenBLAS reads the thread count once, as it loads)
     finally:
