@@ -9,8 +9,10 @@ from distributed import threads
 from launching import MPIEXEC, REPO
 
 CORES = len(os.sched_getaffinity(0))
-PROBE = ('import os, distributed; print(len(os.listdir("/proc/self/task")), '
-         'len(os.sched_getaffinity(0)), os.environ.get("OMP_NUM_THREADS"))')
+# One write per rank, so that the two ranks' lines cannot interleave.
+PROBE = ('import os, distributed; os.write(1, "{} {} {}\\n".format('
+         'len(os.listdir("/proc/self/task")), len(os.sched_getaffinity(0)), '
+         'os.environ.get("OMP_NUM_THREADS")).encode())')
 
 
 def test_each_rank_gets_its_share_of_the_cores():
