@@ -26,9 +26,9 @@ class InPlaceMeanGrad:
     """A CPU ChainerMN communicator whose gradient mean is one in-place Allreduce per array.
 
     ``grads_predivided`` says whether the gradients now held were computed from a loss
-    divided by the number of ranks (``predivided`` sets it, each reduction clears it): the
-    reduction then only sums. Without it, each array is also scaled after its reduction, so
-    the result is the mean either way.
+    divided by the number of ranks (``predivided`` sets it; a reduction or a broadcast
+    clears it): the reduction then only sums. Without it, each array is also scaled after
+    its reduction, so the result is the mean either way.
     """
 
     def __init__(self, comm):
