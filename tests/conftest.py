@@ -1,7 +1,18 @@
 """Shared fixtures: a small SOP-format tree and the MPI world."""
+import os
+import tempfile
+
 import pytest
 
 import distributed  # noqa: F401  (compat shims before chainer)
+
+
+def pytest_configure(config):
+    """Under mpiexec every rank gets a temporary folder of its own: two pytest processes
+    tidying one folder race (pytest warns, and could remove a folder still in use)."""
+    rank = os.environ.get('PMI_RANK', os.environ.get('OMPI_COMM_WORLD_RANK'))
+    if rank is not None and config.option.basetemp is None:
+        config.option.basetemp = tempfile.mkdtemp(prefix='pytest-rank{}-'.format(rank))
 
 
 @pytest.fixture(scope='session')
