@@ -4,10 +4,11 @@ import multiprocessing
 import os
 import socket
 import sys
+import time
+import traceback
 import warnings
 
 import chainer
-import chainermn
 import numpy
 
 import distributed
@@ -208,6 +209,32 @@ def agree(mpi_comm, error):
         raise StartupError(message)
 
 
+ABORT_GRACE_S = 1.0
+"""Seconds between a rank's last message and MPI_Abort, for the launcher to pass it on."""
+
+
+def abort(message, code):
+    """Write ``message`` to stderr at once, then end every rank with ``MPI_Abort(code)``.
+
+    The launcher forwards each rank's output on its own schedule and may tear the job down
+    as soon as the abort reaches it; a message written in pieces (a traceback) was seen cut
+    after its first line. One write and a short pause let it out whole.
+    """
+    sys.stderr.write(message if message.endswith('\n') else message + '\n')
+    sys.stderr.flush()
+    time.sleep(ABORT_GRACE_S)
+    from mpi4py import MPI
+    MPI.COMM_WORLD.Abort(code)
+
+
+def _abort_on_uncaught(exctype, value, tb):
+    # What chainermn's global_except_hook does (print, then MPI_Abort), with the message
+    # written whole before the abort.
+    from mpi4py import MPI
+    abort('{}Uncaught exception on rank {}: stopping every rank (MPI_Abort).'.format(
+        ''.join(traceback.format_exception(exctype, value, tb)), MPI.COMM_WORLD.Get_rank()), 1)
+
+
 def create_runtime(config):
     """Start MPI (or a size-1 world without mpiexec) and pick this rank's device.
 
@@ -219,8 +246,7 @@ def create_runtime(config):
         _start_forkserver()
     # One rank raising an uncaught exception aborts every rank instead of leaving them
     # waiting in a collective forever.
-    if not os.environ.get('CHAINERMN_FORCE_ABORT_ON_EXCEPTION'):
-        chainermn.global_except_hook.add_hook()
+    sys.excepthook = _abort_on_uncaught
     from mpi4py import MPI
     world = MPI.COMM_WORLD
     node = world.Split_type(MPI.COMM_TYPE_SHARED)

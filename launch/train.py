@@ -14,7 +14,7 @@ from distributed.data.safe_images import BadImageError
 from distributed.data.sop import DataError
 from distributed.model import create_model
 from distributed.optim import create_optimizer, create_schedule
-from distributed.runtime import StartupError, create_runtime, describe_runtime
+from distributed.runtime import StartupError, abort, create_runtime, describe_runtime
 from distributed.trainer import create_trainer, describe, run
 from launch import cli
 
@@ -48,9 +48,7 @@ def main(argv=None):
         return cli.fail(e)
     except BadImageError as e:
         # Met by one rank inside the loop while the others wait in a collective: abort all.
-        print('error: {}'.format(e), file=sys.stderr, flush=True)
-        from mpi4py import MPI  # imported late: MPI must start after the loader's forkserver
-        MPI.COMM_WORLD.Abort(3)
+        abort('error: {}'.format(e), 3)
         return 3
     if runtime.is_root:
         print(describe(summary), file=sys.stderr if summary['stopped_by'] else sys.stdout)
