@@ -465,3 +465,37 @@ def scaling_report(results, png=None):
         fig.savefig(png)
         plt.close(fig)
     return '\n'.join(rows)
+
+
+STEP_PARTS = ('data', 'forward', 'backward', 'wait', 'allreduce', 'update')
+
+
+def breakdown_plot(results, png):
+    """A picture of where the time goes: each step's parts at each rank count (left) and
+    the input paths per core of the last run (right)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    ranks = ['{} rank{}'.format(r['ranks'], 's' if r['ranks'] > 1 else '') for r in results]
+    start = numpy.zeros(len(results))
+    for part in STEP_PARTS:
+        ms = numpy.array([r['parts_s'][part] * 1000 for r in results])
+        left.barh(ranks, ms, left=start, label=part)
+        start += ms
+    left.set_xlabel('ms per training step (slowest rank per part)')
+    left.legend(loc='lower center', bbox_to_anchor=(0.5, 1.0), fontsize=8, ncol=len(STEP_PARTS),
+                frameon=False, handlelength=1.2, columnspacing=0.8)
+    last = results[-1]
+    if 'pipeline_img_per_sec' in last:
+        paths = {'chainercv default': last['pipeline_baseline_img_per_sec'],
+                 'product (uint8 out)': last['pipeline_img_per_sec'],
+                 'product + normalising on a CPU': last['pipeline_cpu_normalised_img_per_sec'],
+                 'bare full-size decode': last['decode_img_per_sec']}
+        right.barh(list(paths), list(paths.values()), color=['gray', 'C0', 'C9', 'C7'])
+        right.set_xlabel('images/s per core, {} px crops'.format(last['pipeline_crop']))
+    else:
+        right.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Images/s against ranks: launch.benchmark at 1..MAX ranks (one core and one thread per
-# rank), then a table and a plot of total img/s and scaling efficiency.
+# rank), then a table and a plot of total img/s and scaling efficiency, and a plot of
+# where each step's time goes and of the input paths per core.
 #   scripts/scaling.sh [MAX] [key=value ...]    (MAX defaults to nproc)
 #   OUT=results/scaling  VENV=.venv  (environment)
 set -euo pipefail
@@ -16,9 +17,11 @@ done
 "$VENV/bin/python" - "$OUT" "$MAX" <<'PY'
 import json, os, sys
 import distributed  # noqa: F401
-from distributed.bench import scaling_report
+from distributed.bench import breakdown_plot, scaling_report
 out, top = sys.argv[1], int(sys.argv[2])
 results = [json.load(open(os.path.join(out, 'n{}'.format(n), 'benchmark.json')))
            for n in range(1, top + 1)]
 print(scaling_report(results, os.path.join(out, 'scaling.png')))
+breakdown_plot(results, os.path.join(out, 'breakdown.png'))
+print('plots: {0}/scaling.png {0}/breakdown.png'.format(out))
 PY
