@@ -1,10 +1,13 @@
 """The benchmark end to end at 1 and 2 ranks."""
 import json
 import os
+import re
+import subprocess
+import sys
 
 import pytest
 
-from launching import run_launcher
+from launching import REPO, run_launcher
 
 TINY = ['crop_size=32', 'batch_size=2', 'iterations=2', 'warmup=1', 'allreduce_rounds=2',
         'pipeline_images=3', 'pipeline_rounds=1', 'pipeline_crop=32', 'device=cpu']
@@ -77,3 +80,16 @@ def test_scaling_report_and_plots(tmp_path):
     breakdown_plot([_result(1, 20.0, pipeline=False)], str(tmp_path / 'no_pipeline.png'))
     for name in ('scaling.png', 'breakdown.png', 'no_pipeline.png'):
         assert (tmp_path / name).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n', name
+
+
+def test_scaling_script_runs_every_rank_count_and_draws(tmp_path):
+    venv = os.path.dirname(os.path.dirname(sys.executable))
+    done = subprocess.run(['scripts/scaling.sh', '2'] + TINY, cwd=REPO, capture_output=True,
+                          text=True, timeout=300,
+                          env=dict(os.environ, OUT=str(tmp_path), VENV=venv))
+    assert done.returncode == 0, done.stderr
+    # The table's rows: ranks, then img/s total.
+    rows = re.findall(r'^ +(\d+) +\d+\.\d', done.stdout, re.MULTILINE)
+    assert rows == ['1', '2'], done.stdout
+    for name in ('n1/benchmark.json', 'n2/benchmark.json', 'scaling.png', 'breakdown.png'):
+        assert (tmp_path / name).exists(), name
