@@ -354,13 +354,19 @@ def _mpi_library():
     return MPI.Get_library_version().strip().splitlines()[0]
 
 
-def run_benchmark(config, runtime):
-    """Every measurement, on every rank; the returned dict is the same on all ranks."""
+def run_benchmark(config, runtime, progress=None):
+    """Every measurement, on every rank; the returned dict is the same on all ranks.
+
+    ``progress(text)``, when given, is told as each measurement starts.
+    """
     from distributed.model import create_model
+    say = progress or (lambda text: None)
     model = create_model(config.arch)
     mean = chainer.backend.CpuDevice().send(model.predictor.mean)
     model.to_device(runtime.device)
     mpi_comm = runtime.comm.mpi_comm
+    say('training: {} + {} iterations of {} x {} px'.format(
+        config.warmup, config.iterations, config.batch_size, config.crop_size))
     parts = measure_training(config, runtime, model)
     slowest = {key: mpi_comm.allreduce(value, op=_max()) for key, value in parts.items()}
     per_rank = config.batch_size / parts['step']
@@ -374,8 +380,11 @@ def run_benchmark(config, runtime):
         'wait_share': slowest['wait'] / slowest['step'],
         'communicator': type(runtime.comm).__name__,
     }
+    say('gradient allreduce: {} rounds of each pattern'.format(config.allreduce_rounds))
     result.update(measure_allreduce(config, runtime, model))
     if config.pipeline_images:
+        say('input pipeline: {} JPEGs, {} rounds of each path'.format(
+            config.pipeline_images, config.pipeline_rounds))
         result.update(measure_pipeline(config, runtime, mean))
     result.update({
         'machine': {'host': platform.node(), 'cpus': os.cpu_count(),

@@ -23,7 +23,9 @@ def main(argv=None):
             cli.print_config(config)
             return 0
         runtime = create_runtime(training_config(config))
-        result = run_benchmark(config, runtime)
+        result = run_benchmark(config, runtime, progress=(
+            lambda text: print('benchmark: ' + text, file=sys.stderr, flush=True))
+            if runtime.is_root else None)
     except (ConfigError, StartupError) as e:
         return cli.fail(e)
     if runtime.is_root:

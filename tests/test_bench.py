@@ -22,6 +22,8 @@ def test_benchmark_writes_every_number(tmp_path, ranks):
     done = run_launcher('launch.benchmark', TINY + ['out={}'.format(out)], ranks=ranks)
     assert done.returncode == 0, done.stderr
     assert 'img/s' in done.stdout and 'allreduce' in done.stdout
+    for phase in ('training', 'gradient allreduce', 'input pipeline'):  # rank 0 says each once
+        assert done.stderr.count('benchmark: ' + phase) == 1, done.stderr
     with open(os.path.join(str(out), 'benchmark.json')) as f:
         result = json.load(f)
     for key in KEYS:
