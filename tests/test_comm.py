@@ -1,10 +1,11 @@
 """The in-place CPU communicator: the mean over ranks, with and without a pre-divided loss."""
 import chainer
 import chainer.functions as F
+import chainermn
 import numpy
 import pytest
 
-from distributed.comm import INPLACE, create_communicator, loss_function
+from distributed.comm import INPLACE, InPlaceMeanGrad, create_communicator, loss_function
 
 
 class _Net(chainer.Chain):
@@ -81,16 +82,17 @@ def test_predivided_loss_gives_the_same_mean_and_reports_the_loss_itself(world):
     assert comm.size == world.size
 
 
-def test_at_one_rank_the_loss_is_not_divided():
-    comm = create_communicator(INPLACE)
-    if comm.size != 1:
-        pytest.skip('a one-rank property')
+@pytest.mark.mpi
+def test_at_one_rank_the_loss_is_not_divided(world):
+    from mpi4py import MPI
+    # A one-rank communicator whatever the world's size: MPI.COMM_SELF.
+    comm = InPlaceMeanGrad(chainermn.create_communicator('naive', mpi_comm=MPI.COMM_SELF))
+    assert comm.size == 1
     net = _Net()
     assert loss_function(comm, net) is net
 
 
 def test_loss_function_of_a_chainermn_communicator_is_the_model():
-    import chainermn
     net = _Net()
     assert loss_function(chainermn.create_communicator('naive'), net) is net
 

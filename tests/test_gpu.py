@@ -71,7 +71,8 @@ def test_cupy13_keeps_the_cudnn_warning(tmp_path):
 # ---- Real GPU checks -------------------------------------------------------------------
 
 GPUS, WHY = rt.probe_gpus()
-gpu = pytest.mark.skipif(GPUS == 0, reason='no GPU: ' + WHY)
+gpu = pytest.mark.skipif(GPUS == 0, reason='no GPU: ' + WHY + '; scripts/gpu_check.sh runs '
+                         'these on a GPU machine')
 
 
 def tiny_batch(xp, size=8, crop=64):
@@ -147,7 +148,8 @@ def test_training_steps_lower_the_loss_on_a_gpu(dtype):
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.skipif(not rt.nccl_available(), reason='CuPy cannot load NCCL here')
+@pytest.mark.skipif(not rt.nccl_available(), reason='CuPy cannot load NCCL here (pip install '
+                    'nvidia-nccl-cu12 or -cu13 to run it)')
 @pytest.mark.parametrize('allreduce_dtype', [None, 'float16'])
 def test_pure_nccl_mean_grad_on_one_rank(allreduce_dtype):
     import chainer

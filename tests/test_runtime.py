@@ -95,7 +95,7 @@ def test_describe_runtime_on_the_cpu():
 @pytest.mark.mpi
 def test_one_failing_rank_stops_every_rank(world):
     if world.size < 2:
-        pytest.skip('needs 2 ranks')
+        pytest.skip("needs 2 ranks: runs in make test's mpiexec -n 2 pass")
     error = 'no GPU here' if world.rank == 1 else None
     message = error_of(rt.agree, world, error)
     assert message == 'rank 1 (1 of {} ranks failed): no GPU here'.format(world.size)
