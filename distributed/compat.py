@@ -231,9 +231,6 @@ def _unpack_params(params, attr_name, buffer, transfer_dtype, zero_fill, stream=
         offset += nbytes
 
 
-_unpack_params.replaces = 'chainermn.communicators._memory_utility.unpack_params'
-
-
 def chainermn_unpack_params():
     """Applied by ``comm.create_communicator``, not by ``apply``: chainermn's module
     initialises MPI as it loads, which must wait until the runtime is set up.
