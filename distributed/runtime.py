@@ -4,6 +4,7 @@ import multiprocessing
 import os
 import socket
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -222,10 +223,21 @@ def abort(message, code):
 
 def _abort_on_uncaught(exctype, value, tb):
     # What chainermn's global_except_hook does (print, then MPI_Abort), with the message
-    # written whole before the abort.
+    # written whole before the abort. An error that carries an ``exit_code`` is one a
+    # user can act on: its message alone is shown, and the job ends with that code.
+    code = getattr(value, 'exit_code', None)
+    if code:
+        abort('error: {}'.format(value), code)
     from mpi4py import MPI
     abort('{}Uncaught exception on rank {}: stopping every rank (MPI_Abort).'.format(
         ''.join(traceback.format_exception(exctype, value, tb)), MPI.COMM_WORLD.Get_rank()), 1)
+
+
+def _abort_on_uncaught_in_thread(args):
+    # A MultiprocessIterator re-raises a loader worker's error in its prefetch thread; the
+    # thread dies and the main thread would wait for its next batch for ever.
+    if args.exc_type is not SystemExit:
+        _abort_on_uncaught(args.exc_type, args.exc_value, args.exc_traceback)
 
 
 def create_runtime(config):
@@ -237,9 +249,10 @@ def create_runtime(config):
     """
     if config.data.loader == 'multiprocess':
         _start_forkserver()
-    # One rank raising an uncaught exception aborts every rank instead of leaving them
-    # waiting in a collective forever.
+    # One rank raising an uncaught exception, in any thread, aborts every rank instead of
+    # leaving them waiting in a collective for ever.
     sys.excepthook = _abort_on_uncaught
+    threading.excepthook = _abort_on_uncaught_in_thread
     from mpi4py import MPI
     world = MPI.COMM_WORLD
     node = world.Split_type(MPI.COMM_TYPE_SHARED)

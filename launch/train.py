@@ -1,6 +1,6 @@
 """Train ResNet on SOP super-classes: ``[mpiexec -n N] python -m launch.train -c FILE k=v``.
 
-Exit codes: 0 done; 2 bad config, data or checkpoint (every rank says so); 3 an image that
+Exit codes: 0 done; 2 bad config, data or checkpoint (rank 0 says so); 3 an image that
 cannot be decoded with data.on_bad_image=error (the job is aborted); 128 + signal number
 (143 SIGTERM, 130 SIGINT) stopped by a signal after writing a checkpoint.
 """
@@ -10,11 +10,10 @@ import distributed  # noqa: F401  (applies the compat shims before chainer is im
 from distributed.checkpoint import CheckpointError, seed_random_state
 from distributed.config import ConfigError, load_config
 from distributed.data import create_datasets, create_iterators
-from distributed.data.safe_images import BadImageError
 from distributed.data.sop import DataError
 from distributed.model import create_model
 from distributed.optim import create_optimizer, create_schedule
-from distributed.runtime import StartupError, abort, create_runtime, describe_runtime
+from distributed.runtime import StartupError, create_runtime, describe_runtime
 from distributed.trainer import create_trainer, describe, run
 from launch import cli
 
@@ -46,10 +45,6 @@ def main(argv=None):
         runtime, summary = train(config)
     except (ConfigError, DataError, StartupError, CheckpointError) as e:
         return cli.fail(e)
-    except BadImageError as e:
-        # Met by one rank inside the loop while the others wait in a collective: abort all.
-        abort('error: {}'.format(e), 3)
-        return 3
     if runtime.is_root:
         print(describe(summary), file=sys.stderr if summary['stopped_by'] else sys.stdout)
     return 128 + summary['stopped_by'] if summary['stopped_by'] else 0

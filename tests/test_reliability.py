@@ -272,12 +272,15 @@ def test_bad_images_are_named_and_skipped(bad_tree, tmp_path, record_property):
     assert 'Traceback' not in output
 
 
-def test_bad_image_with_error_policy_stops_the_job_naming_it(bad_tree, tmp_path,
+@pytest.mark.parametrize('loader', ['serial', 'multiprocess'])
+def test_bad_image_with_error_policy_stops_the_job_naming_it(bad_tree, tmp_path, loader,
                                                              record_property):
+    # With loader worker processes the error surfaces in the iterator's prefetch thread.
     root, broken = bad_tree
     began = time.time()
-    code, output = finish(train(root, tmp_path, 'train.epochs=1', 'data.on_bad_image=error'))
-    record_property('bad_error', (code, round(time.time() - began, 1)))
+    code, output = finish(train(root, tmp_path, 'train.epochs=1', 'data.on_bad_image=error',
+                                'data.loader=' + loader, 'data.workers=1'), timeout=DEADLINE * 2)
+    record_property('bad_error_' + loader, (code, round(time.time() - began, 1)))
     assert code == 3, output
     assert 'cannot be decoded' in output and any(str(root / r) in output for r in broken)
     assert 'on_bad_image=skip' in output

@@ -35,6 +35,10 @@ class UnreadableImage(Exception):
 class BadImageError(RuntimeError):
     """An unreadable image met with ``data.on_bad_image: error``."""
 
+    exit_code = 3
+    """Met by one rank (or its loader's thread) while the others wait in a collective, it
+    ends the whole job with this code (``runtime.abort``)."""
+
 
 def read_rgb(path):
     """The image at ``path`` as a float32 CHW RGB array, whatever its mode or format."""
