@@ -15,10 +15,9 @@ import zipfile
 import chainer
 import chainermn
 import numpy
-from chainer.datasets import TransformDataset
 
 from distributed.config import Config, ConfigError, ModelConfig, build, validate
-from distributed.data import read_on_root, sop
+from distributed.data import decoded, read_on_root, sop, unreadable_report
 from distributed.data.transforms import ValTransform
 from distributed.model import create_model, mean_of
 from distributed.runtime import InputConverter
@@ -51,28 +50,23 @@ def weights_path(config):
     return config.model.path or os.path.join(config.out, 'model.npz')
 
 
-def check_weights(config):
-    path = weights_path(config)
-    if not os.path.isfile(path):
-        raise ConfigError('model file {} does not exist; pass the model.npz that launch.train '
-                          'wrote, e.g. model=results/smoke/model.npz (make train makes one)'
-                          .format(path))
-    return config
-
-
 def load_eval_config(path=None, overrides=()):
     """The validated ``EvalConfig`` (the training keys are read and checked too)."""
     config = validate(build(EvalConfig, path, expand_shorthand(overrides)))
     if config.split not in SPLITS:
         raise ConfigError('split must be one of {}, not {!r}'.format(
             ', '.join(SPLITS), config.split))
-    return check_weights(config)
+    return config
 
 
 def load_model(config):
     """The classifier of ``config.model`` with the weights of ``weights_path(config)``."""
-    model = create_model(config.model.arch, zero_gamma=config.model.zero_gamma)
     path = weights_path(config)
+    if not os.path.isfile(path):
+        raise ConfigError('model file {} does not exist; pass the model.npz that launch.train '
+                          'wrote, e.g. model=results/smoke/model.npz (make train makes one)'
+                          .format(path))
+    model = create_model(config.model.arch, zero_gamma=config.model.zero_gamma)
     try:
         chainer.serializers.load_npz(path, model)
     except (KeyError, ValueError, OSError, EOFError, pickle.UnpicklingError,
@@ -184,12 +178,13 @@ def plot_confusion(confusion, path, names=sop.SUPER_CLASS_NAMES, title='confusio
 
 
 def load_shard(config, runtime):
-    """This rank's part of ``config.split``: shards differ in length by at most one image."""
-    dataset, = read_on_root(config, runtime, (config.split,), paths=False)
+    """This rank's part of ``config.split``, decoded as training's evaluation decodes it;
+    shards differ in length by at most one image."""
+    dataset, = read_on_root(config, runtime, (config.split,), paths=True)
     # Equal-length shards would repeat images and change the counts.
     shard = chainermn.scatter_dataset(dataset, runtime.comm, force_equal_length=False)
-    return TransformDataset(
-        shard, ValTransform(config.data.crop_size, config.data.scale_size))
+    return decoded(shard, ValTransform(config.data.crop_size, config.data.scale_size), config,
+                   runtime.rank)
 
 
 class Progress:
@@ -255,6 +250,7 @@ def evaluate(config, runtime):
                             math.ceil(len(dataset) / batch_size))
     counts = count_shard(model, dataset, config, runtime.device, progress)
     result = summarize(allreduce_counts(counts, runtime.comm))
+    result['skipped'], result['skipped_report'] = unreadable_report((dataset,), runtime.comm)
     if runtime.is_root:
         write_results(result, config)
     return result

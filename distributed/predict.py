@@ -1,19 +1,20 @@
 """Classify image files with a trained model: the top-k super-classes and their probabilities.
 
-Each image goes through the evaluation transform (``ValTransform``), so a prediction here
-is what ``launch.evaluate`` counts. A file that is missing or does not decode is answered
+Each image is decoded and transformed as ``launch.evaluate`` and training's evaluation do it
+(``Tolerant(ValTransform)``: any mode, alpha dropped), so a prediction here is what
+``launch.evaluate`` counts. A file that is missing or does not decode is answered
 with a message naming it; the other files are still classified.
 """
 import dataclasses
 
 import chainer
 import numpy
-from chainercv.utils import read_image
 
 from distributed.config import Config, ConfigError, build, validate
 from distributed.data import sop
+from distributed.data.safe_images import Tolerant, UnreadableImage
 from distributed.data.transforms import ValTransform
-from distributed.evaluate import WeightsModelConfig, check_weights, expand_shorthand, load_model
+from distributed.evaluate import WeightsModelConfig, expand_shorthand, load_model
 from distributed.model import mean_of
 from distributed.runtime import InputConverter, select_device
 
@@ -42,19 +43,7 @@ def load_predict_config(path=None, overrides=()):
     if not 1 <= config.top_k <= len(sop.SUPER_CLASS_NAMES):
         raise ConfigError('top_k must be within 1..{}, not {}'.format(
             len(sop.SUPER_CLASS_NAMES), config.top_k))
-    return check_weights(config)
-
-
-def read_rgb(path):
-    """The image as float32 CHW RGB; transparent pixels become white (a product photo's
-    background)."""
-    try:
-        return read_image(path, color=True, alpha='blend_with_white')
-    except (OSError, ValueError, SyntaxError) as e:
-        # PIL raises OSError subclasses for missing, unidentified and truncated files.
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise ValueError('cannot read {} as an image ({})'.format(
-            path, reason or type(e).__name__))
+    return config
 
 
 class Predictor:
@@ -64,22 +53,22 @@ class Predictor:
         self.device = select_device(config.device, 0, 1)
         self.model = load_model(config)
         self.model.to_device(self.device)
-        self.transform = ValTransform(config.data.crop_size, config.data.scale_size)
+        self.transform = Tolerant(ValTransform(config.data.crop_size, config.data.scale_size))
         self.converter = InputConverter(mean_of(self.model))
         self.top_k = config.top_k
 
-    def probabilities(self, img):
-        x, _ = self.converter([self.transform((img, 0))], self.device)
+    def probabilities(self, path):
+        """Softmax over the super-classes for the image file ``path``."""
+        x, _ = self.converter([self.transform((path, 0))], self.device)
         with chainer.using_config('train', False), chainer.no_backprop_mode():
             y = chainer.functions.softmax(self.model.predictor(x))
         return chainer.backend.CpuDevice().send(y.array)[0].astype(numpy.float64)
 
     def __call__(self, path):
         try:
-            img = read_rgb(path)
-        except ValueError as e:
-            return Prediction(path, [], str(e))
-        p = self.probabilities(img)
+            p = self.probabilities(path)
+        except UnreadableImage as e:
+            return Prediction(path, [], 'cannot read {} as an image ({})'.format(path, e.reason))
         order = numpy.argsort(-p, kind='stable')[:self.top_k]
         return Prediction(path, [(int(i), sop.SUPER_CLASS_NAMES[i], float(p[i]))
                                  for i in order])

@@ -15,6 +15,7 @@ from chainercv.transforms import resize
 
 from distributed.config import Config, ConfigError, build, validate
 from distributed.data import sop
+from distributed.data.safe_images import UnreadableImage, read_rgb
 
 PER_ROW = 5
 SIDE = 200
@@ -48,24 +49,30 @@ def splits_of(config):
 
 
 def sample_grid(dataset, n, seed, title, path, names=sop.SUPER_CLASS_NAMES):
-    """A PNG of ``n`` random (image, super_label) examples of ``dataset``; their indices."""
+    """A PNG of ``n`` random (image file, super_label) examples of ``dataset``; the tiles'
+    titles. A file that does not decode gets an empty tile saying so."""
     from matplotlib.figure import Figure
     indices = random.Random(seed).sample(range(len(dataset)), min(n, len(dataset)))
     rows = max(1, -(-len(indices) // PER_ROW))
     fig = Figure(figsize=(12, 2.6 * rows + 0.6))
     fig.suptitle(title, fontsize=16)
+    titles = []
     for i, index in enumerate(indices):
-        img, label = dataset[index]
-        img = resize(img, (SIDE, SIDE)).transpose(1, 2, 0)
+        image_path, label = dataset[index]
         ax = fig.add_subplot(rows, PER_ROW, i + 1)
-        # Grayscale photos come as one channel; show them as gray, not as a colormap.
-        ax.imshow(numpy.clip(img, 0, 255).astype(numpy.uint8).squeeze(), cmap='gray',
-                  vmin=0, vmax=255)
         ax.set_axis_off()
-        ax.set_title('{}:{}'.format(int(label), names[int(label)]))
+        titles.append('{}:{}'.format(int(label), names[int(label)]))
+        try:
+            img = resize(read_rgb(image_path), (SIDE, SIDE)).transpose(1, 2, 0)
+            ax.imshow(numpy.clip(img, 0, 255).astype(numpy.uint8))
+        except UnreadableImage:
+            titles[-1] += ' (unreadable)'
+            ax.text(0.5, 0.5, os.path.basename(image_path) + '\ndoes not decode', ha='center',
+                    va='center', fontsize=8, transform=ax.transAxes)
+        ax.set_title(titles[-1])
     fig.tight_layout()
     fig.savefig(path, dpi=72)
-    return indices
+    return titles
 
 
 def write_grids(config, root):
@@ -73,7 +80,7 @@ def write_grids(config, root):
     os.makedirs(config.out, exist_ok=True)
     written = []
     for split in splits_of(config):
-        dataset = sop.load_split(root, split)
+        dataset = sop.load_split(root, split, paths=True)
         path = os.path.join(config.out, 'samples_{}.png'.format(split))
         sample_grid(dataset, config.n, config.train.seed,
                     'sample dataset for {} ({} images)'.format(split, len(dataset)), path)

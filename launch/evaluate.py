@@ -2,7 +2,9 @@
 
 ``[mpiexec -n N] python -m launch.evaluate -c FILE model=PATH [split=train] [key=value ...]``
 Any number of ranks gives exactly the numbers of one process. Rank 0 prints the table and
-writes ``out/eval.json`` and ``out/confusion.png``.
+writes ``out/eval.json`` and ``out/confusion.png``. Images are decoded as training's
+evaluation decodes them; an undecodable file is handled as data.on_bad_image says (with
+'skip' it is named, and the next image of the shard is counted in its place).
 """
 import sys
 
@@ -26,6 +28,8 @@ def main(argv=None):
     except (ConfigError, DataError, StartupError) as e:
         return cli.fail(e)
     if runtime.is_root:
+        if result['skipped_report']:
+            print('warning: ' + result['skipped_report'], file=sys.stderr)
         print(format_report(result, config.split))
         print('on {} ranks; wrote {}/eval.json and {}/confusion.png'.format(
             runtime.size, config.out, config.out))

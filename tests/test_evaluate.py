@@ -1,9 +1,11 @@
 """distributed.evaluate and launch.evaluate: exact counts, one or many ranks, clear errors."""
 import json
 import os
+import shutil
 
 import numpy
 import pytest
+from PIL import Image
 
 from distributed.config import ConfigError
 from distributed.data.sop import SUPER_CLASS_NAMES
@@ -97,20 +99,19 @@ def test_model_shorthand_keeps_the_network_section(model_file):
     assert config.split == 'train' and config.data.crop_size == 64
 
 
-@pytest.mark.parametrize('override, message', [
-    ('model={missing}', 'model file {missing} does not exist'),
-    ('split=val', "split must be one of test, train, not 'val'"),
-])
-def test_bad_config_is_named(override, message, tmp_path, model_file):
+def test_bad_split_is_named(model_file):
+    with pytest.raises(ConfigError, match="split must be one of test, train, not 'val'"):
+        load_eval_config(SMOKE, ['model=' + model_file, 'split=val'])
+
+
+def test_missing_weights_are_named_and_default_to_out_model_npz(tmp_path):
+    # Checked where the model loads, which every rank does before agreeing: a file missing
+    # on one node only must not leave the other ranks waiting.
     missing = str(tmp_path / 'nope.npz')
-    args = ['model=' + model_file, override.format(missing=missing)]
-    with pytest.raises(ConfigError, match=message.format(missing=missing)):
-        load_eval_config(SMOKE, args)
-
-
-def test_default_weights_are_out_model_npz(tmp_path):
-    with pytest.raises(ConfigError, match=str(tmp_path / 'model.npz')):
-        load_eval_config(SMOKE, ['out=' + str(tmp_path)])
+    for args, path in ((['model=' + missing], missing),
+                       (['out=' + str(tmp_path)], str(tmp_path / 'model.npz'))):
+        with pytest.raises(ConfigError, match='model file {} does not exist'.format(path)):
+            load_model(load_eval_config(SMOKE, args))
 
 
 def test_unloadable_weights_are_named(tmp_path):
@@ -140,6 +141,32 @@ def test_two_ranks_give_exactly_the_numbers_of_one(uneven_sop, model_file, tmp_p
     assert [row['name'] for row in one['per_class']] == list(SUPER_CLASS_NAMES)
     assert {'top1', 'top5', 'per_class', 'confusion', 'n'} <= set(one)
     assert results[2] == one
+
+
+def test_odd_and_broken_images_are_decoded_as_in_training_or_named(
+        small_sop, model_file, tmp_path):
+    """An RGBA PNG behind a .JPG name is evaluated (alpha dropped, as training reads it); an
+    undecodable file is named and skipped, or stops the evaluation with data.on_bad_image."""
+    from distributed.data.safe_images import BadImageError
+    from distributed.evaluate import evaluate
+    from distributed.runtime import Runtime
+    import chainer
+    import chainermn
+    from mpi4py import MPI
+    root = tmp_path / 'sop'
+    shutil.copytree(small_sop, root)
+    rels = [line.split()[3] for line in (root / 'Ebay_test.txt').read_text().splitlines()[1:]]
+    rgba = Image.fromarray(numpy.full((40, 50, 4), 90, numpy.uint8), 'RGBA')
+    rgba.save(root / rels[0], 'PNG')
+    (root / rels[1]).write_bytes(b'not an image')
+    runtime = Runtime(comm=chainermn.create_communicator('naive', MPI.COMM_SELF),
+                      device=chainer.get_device('@numpy'))
+    args = ['model=' + model_file, 'data.root=' + str(root), 'out=' + str(tmp_path)] + TINY
+    result = evaluate(load_eval_config(SMOKE, args), runtime)
+    assert result['n'] == len(rels) and result['skipped'] == 1
+    assert str(root / rels[1]) in result['skipped_report']
+    with pytest.raises(BadImageError, match=str(root / rels[1])):
+        evaluate(load_eval_config(SMOKE, args + ['data.on_bad_image=error']), runtime)
 
 
 def test_two_ranks_stop_with_one_message_on_a_missing_model(uneven_sop, tmp_path):

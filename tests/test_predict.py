@@ -39,6 +39,29 @@ def test_probabilities_sum_to_one_in_order(small_sop, model_file, tmp_path):
     assert {name for _, name, _ in full(path).top} >= {'chair', 'coffee_maker'}
 
 
+def test_a_prediction_is_what_evaluate_counts(small_sop, model_file, tmp_path):
+    """The probabilities of a file equal the model's softmax on the example that
+    launch.evaluate's dataset makes of the same file (decoding, transform, mean)."""
+    import chainer
+    import chainermn
+    from mpi4py import MPI
+    from distributed.evaluate import load_eval_config, load_shard
+    from distributed.runtime import Runtime
+    args = ['model=' + model_file, 'data.root=' + small_sop, 'out=' + str(tmp_path)] + TINY
+    predictor = Predictor(load_predict_config(SMOKE, args))
+    runtime = Runtime(comm=chainermn.create_communicator('naive', MPI.COMM_SELF),
+                      device=chainer.get_device('@numpy'))
+    shard = load_shard(load_eval_config(SMOKE, args), runtime)
+    model = predictor.model
+    for i, path in enumerate(some_images(small_sop, 3)):
+        img, _ = shard[i]
+        x = (img.astype(numpy.float32) - model.predictor.mean)[None]
+        with chainer.using_config('train', False), chainer.no_backprop_mode():
+            expected = chainer.functions.softmax(model.predictor(x)).array[0]
+        numpy.testing.assert_allclose(predictor.probabilities(path), expected, rtol=1e-5,
+                                      atol=1e-7)
+
+
 def test_unreadable_files_are_named(model_file, tmp_path):
     predictor = Predictor(load_predict_config(SMOKE, ['model=' + model_file] + TINY))
     text = tmp_path / 'notes.jpg'
@@ -55,7 +78,7 @@ def test_unreadable_files_are_named(model_file, tmp_path):
 ])
 def test_bad_config_is_named(override, message, model_file):
     with pytest.raises(ConfigError, match=message):
-        load_predict_config(SMOKE, ['model=' + model_file, override])
+        Predictor(load_predict_config(SMOKE, ['model=' + model_file, override]))
 
 
 def test_launcher_answers_good_images_and_fails_on_bad_ones(small_sop, model_file, tmp_path):

@@ -3,9 +3,10 @@ import os
 import shutil
 
 import pytest
+from PIL import Image
 
 from distributed.config import ConfigError
-from distributed.samples import find_overlap, format_overlap, load_samples_config
+from distributed.samples import find_overlap, format_overlap, load_samples_config, sample_grid
 from launching import REPO, run_launcher
 
 SMOKE = os.path.join(REPO, 'configs/smoke.yaml')
@@ -65,6 +66,24 @@ def test_planted_overlap_is_found(sop_copy):
 def test_bad_config_is_named(override, message):
     with pytest.raises(ConfigError, match=message):
         load_samples_config(SMOKE, [override])
+
+
+def test_grid_titles_use_the_right_names_and_odd_files_get_a_tile(sop_copy, tmp_path):
+    from distributed.data import sop
+    rows = index_rows(sop_copy, 'train')
+    # Every file the tiny tree's train split lists: RGBA, grayscale, broken, and ordinary.
+    Image.new('RGBA', (40, 30), (9, 200, 9, 0)).save(os.path.join(sop_copy, rows[0][3]), 'PNG')
+    Image.new('L', (40, 30), 80).save(os.path.join(sop_copy, rows[1][3]), 'JPEG')
+    with open(os.path.join(sop_copy, rows[2][3]), 'wb') as f:
+        f.write(b'\xff\xd8 truncated')
+    dataset = sop.load_split(sop_copy, 'train', paths=True)
+    titles = sample_grid(dataset, len(dataset), 0, 'all', str(tmp_path / 'grid.png'))
+    assert (tmp_path / 'grid.png').read_bytes()[:4] == b'\x89PNG'
+    expected = sorted('{}:{}'.format(label, sop.SUPER_CLASS_NAMES[label]) + (
+        ' (unreadable)' if path.endswith(rows[2][3]) else '') for path, label in dataset)
+    assert sorted(titles) == expected
+    names = ' '.join(titles)
+    assert 'chair' in names and 'coffee_maker' in names and 'coffe_maker' not in names
 
 
 def test_launcher_writes_grids_and_strict_fails_on_overlap(sop_copy, tmp_path):

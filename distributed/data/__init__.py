@@ -18,11 +18,15 @@ def create_datasets(config, runtime):
     """
     train, test = scatter_splits(config, runtime)
     crop, scale = config.data.crop_size, config.data.scale_size
-    policy, rank = config.data.on_bad_image, runtime.rank
-    return (SkipUnreadable(TransformDataset(train, Tolerant(TrainTransform(crop))),
-                           policy, rank),
-            SkipUnreadable(TransformDataset(test, Tolerant(ValTransform(crop, scale))),
-                           policy, rank))
+    return (decoded(train, TrainTransform(crop), config, runtime.rank),
+            decoded(test, ValTransform(crop, scale), config, runtime.rank))
+
+
+def decoded(pairs, transform, config, rank):
+    """(file path, label) ``pairs`` as ``transform``'s uint8 images: any file that decodes
+    is used, the others are handled as ``data.on_bad_image`` says (see ``safe_images``)."""
+    return SkipUnreadable(TransformDataset(pairs, Tolerant(transform)),
+                          config.data.on_bad_image, rank)
 
 
 def scatter_splits(config, runtime):

@@ -52,8 +52,11 @@ def read_rgb(path):
         with Image.open(path) as image:
             rgb = numpy.asarray(image.convert('RGB'), dtype=numpy.float32)
     except Exception as e:
-        raise UnreadableImage(path, '{}: {}'.format(type(e).__name__, e) if str(e)
-                              else type(e).__name__)
+        if isinstance(e, OSError) and e.strerror:
+            reason = e.strerror  # 'No such file or directory': the path is named already
+        else:
+            reason = '{}: {}'.format(type(e).__name__, e) if str(e) else type(e).__name__
+        raise UnreadableImage(path, reason)
     return rgb.transpose(2, 0, 1).copy()
 
 
