@@ -73,7 +73,7 @@ class TrainConfig:
     eval_batch_size: int = 0
     """Images per rank per evaluation iteration (0: same as batch_size)."""
     eval_interval: float = 1.0
-    """Evaluate on the test split every this many epochs."""
+    """Evaluate on the test split every this many epochs, and at the end."""
     log_interval: int = 0
     """Iterations between log lines (0: once per epoch)."""
     seed: int = 0

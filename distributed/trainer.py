@@ -33,10 +33,10 @@ def create_trainer(config, runtime, model, optimizer, train_iter, test_iter, sch
     trainer = chainer.training.Trainer(updater, (config.train.epochs, 'epoch'), out=config.out)
     log_trigger = ((config.train.log_interval, 'iteration') if config.train.log_interval
                    else (1, 'epoch'))
-    eval_trigger = (config.train.eval_interval, 'epoch')
+    eval_trigger = evaluation_trigger(config.train.eval_interval, config.train.epochs)
 
     trainer.extend(schedule_extension(schedule))
-    trainer.extend(mean_across_ranks(runtime.comm, TRAIN_KEYS))
+    trainer.extend(MeanAcrossRanks(runtime.comm, TRAIN_KEYS, log_trigger))
     evaluator = extensions.Evaluator(test_iter, model, device=runtime.device,
                                      converter=converter)
     trainer.extend(chainermn.create_multi_node_evaluator(evaluator, runtime.comm),
@@ -82,21 +82,51 @@ def run(trainer, config, runtime, datasets):
     return summary
 
 
-def mean_across_ranks(comm, keys):
-    """Replace each rank's observed ``keys`` by their mean over all ranks, every iteration.
+def evaluation_trigger(interval, epochs):
+    """Every ``interval`` epochs and at the last iteration, so that the run's final numbers
+    are the final model's."""
+    count = int(epochs / interval + 1e-9)
+    points = [round(k * interval, 9) for k in range(1, count + 1)]
+    if not points or points[-1] < epochs:
+        points.append(epochs)
+    return chainer.training.triggers.ManualScheduleTrigger(points, 'epoch')
 
-    One small allreduce for all keys. (chainermn's ObservationAggregator needs ChainerX
-    and does a gather and a broadcast per key.)
+
+class MeanAcrossRanks(chainer.training.Extension):
+    """At ``trigger``, replaces the observed ``keys`` by their mean over all ranks and over
+    the iterations since the previous trigger; in between, removes them from the observation.
+
+    A reader extension with the same trigger (LogReport) thus sees only global numbers.
+    Every iteration's values are summed where they are (on the GPU: no copy to the host, so
+    no wait for the device), and one small allreduce per trigger averages them. The ranks'
+    batches have equal sizes, so the mean of their means is the mean over all images.
+    (chainermn's ObservationAggregator gathers and broadcasts once per key.)
     """
-    def average(trainer):
-        values = numpy.array([float(trainer.observation[k].array if hasattr(
-            trainer.observation[k], 'array') else trainer.observation[k]) for k in keys])
-        total = comm.mpi_comm.allreduce(values)
-        for key, value in zip(keys, total / comm.size):
-            trainer.observation[key] = value
-    return chainer.training.make_extension(
-        trigger=(1, 'iteration'), priority=chainer.training.PRIORITY_EDITOR,
-        default_name='mean_across_ranks')(average)
+    trigger = 1, 'iteration'
+    priority = chainer.training.PRIORITY_EDITOR
+    name = 'mean_across_ranks'
+
+    def __init__(self, comm, keys, trigger):
+        self._comm = comm
+        self._keys = keys
+        self._trigger = chainer.training.trigger.get_trigger(trigger)
+        self._summary = chainer.reporter.DictSummary()
+
+    def __call__(self, trainer):
+        observation = trainer.observation
+        self._summary.add({k: observation.pop(k) for k in self._keys if k in observation})
+        if self._trigger(trainer):
+            means = self._summary.compute_mean()
+            mine = numpy.array([float(means[k]) for k in self._keys])
+            total = self._comm.mpi_comm.allreduce(mine)
+            observation.update(zip(self._keys, total / self._comm.size))
+            self._summary = chainer.reporter.DictSummary()
+
+    def serialize(self, serializer):
+        # A checkpoint holds rank 0's sums, which every rank resumes with: the first mean
+        # after a resume from between two triggers is then close, not exact.
+        self._trigger.serialize(serializer['trigger'])
+        self._summary.serialize(serializer['summary'])
 
 
 def add_reports(trainer, config, model, log_trigger, eval_trigger):
@@ -133,6 +163,8 @@ def describe(summary):
         return '\n'.join(lines)
     test = ('test accuracy {test_accuracy:.3f} (loss {test_loss:.3f})'.format(**summary)
             if summary['test_accuracy'] is not None else 'not evaluated')
+    if summary['test_accuracy'] is not None and summary['test_epoch'] < int(summary['epochs']):
+        test += ' at epoch {}'.format(summary['test_epoch'])
     lines.append('{} after {epochs:.2f} epochs ({iterations} iterations), {seconds:.0f} s, '
                  '{images_per_sec:.1f} images/s on {ranks} ranks; results in {out}'.format(
                      test, **summary))
@@ -143,11 +175,14 @@ def summarize(trainer, runtime, config):
     """Final numbers for the console: test accuracy, wall time, images/s, where results are."""
     log = trainer.get_extension('LogReport').log if runtime.is_root else []
     last_eval = next((e for e in reversed(log) if 'validation/main/accuracy' in e), {})
+    # The last evaluation runs at the last iteration, but a log_interval that does not
+    # divide the run can leave it out of the log: say which epoch the number is from.
     elapsed = trainer.elapsed_time
     images = trainer.updater.iteration * config.train.batch_size * runtime.size
     return {
         'test_accuracy': last_eval.get('validation/main/accuracy'),
         'test_loss': last_eval.get('validation/main/loss'),
+        'test_epoch': last_eval.get('epoch'),
         'iterations': trainer.updater.iteration,
         'epochs': trainer.updater.epoch_detail,
         'seconds': elapsed,
