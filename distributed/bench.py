@@ -187,6 +187,7 @@ def measure_training(config, runtime, model):
 
 def _rounds(mpi_comm, patterns, rounds):
     """Median over ``rounds`` of each pattern's slowest-rank time; patterns interleave."""
+    from mpi4py import MPI
     samples = {name: [] for name in patterns}
     for _ in range(rounds):
         for name, function in patterns.items():
@@ -197,19 +198,9 @@ def _rounds(mpi_comm, patterns, rounds):
     result = {}
     for name, values in samples.items():
         slowest = numpy.array(values, numpy.float64)
-        mpi_comm.Allreduce(_in_place(), slowest, op=_max())
+        mpi_comm.Allreduce(MPI.IN_PLACE, slowest, op=MPI.MAX)
         result[name] = float(numpy.median(slowest))
     return result
-
-
-def _max():
-    from mpi4py import MPI
-    return MPI.MAX
-
-
-def _in_place():
-    from mpi4py import MPI
-    return MPI.IN_PLACE
 
 
 def measure_allreduce(config, runtime, model):
@@ -359,6 +350,7 @@ def run_benchmark(config, runtime, progress=None):
 
     ``progress(text)``, when given, is told as each measurement starts.
     """
+    from mpi4py import MPI
     from distributed.model import create_model
     say = progress or (lambda text: None)
     model = create_model(config.arch)
@@ -368,12 +360,12 @@ def run_benchmark(config, runtime, progress=None):
     say('training: {} + {} iterations of {} x {} px'.format(
         config.warmup, config.iterations, config.batch_size, config.crop_size))
     parts = measure_training(config, runtime, model)
-    slowest = {key: mpi_comm.allreduce(value, op=_max()) for key, value in parts.items()}
-    per_rank = config.batch_size / parts['step']
+    slowest = {key: mpi_comm.allreduce(value, op=MPI.MAX) for key, value in parts.items()}
+    total = mpi_comm.allreduce(config.batch_size / parts['step'])
     result = {
         'ranks': runtime.size,
-        'images_per_sec': mpi_comm.allreduce(per_rank),
-        'images_per_sec_per_rank': per_rank,
+        'images_per_sec': total,
+        'images_per_sec_per_rank': total / runtime.size,
         'step_s': slowest['step'],
         'parts_s': slowest,
         'exposed_comm_share': slowest['allreduce'] / slowest['step'],
@@ -402,9 +394,9 @@ def format_table(result):
     parts = result['parts_s']
     lines = [
         'ResNet training, {ranks} rank(s), {communicator}: {images_per_sec:.1f} img/s total, '
-        '{images_per_sec_per_rank:.1f} img/s per rank'.format(**result),
-        '  step {:.1f} ms = data {:.1f} + forward {:.1f} + backward {:.1f} + waiting for '
-        'the slowest rank {:.1f} + allreduce {:.1f} + update {:.1f} (slowest rank per part)'
+        '{images_per_sec_per_rank:.1f} img/s per rank (mean)'.format(**result),
+        '  step {:.1f} ms: data {:.1f}, forward {:.1f}, backward {:.1f}, waiting for the '
+        'slowest rank {:.1f}, allreduce {:.1f}, update {:.1f} (each the slowest rank\'s)'
         .format(*(parts[k] * ms for k in ('step', 'data', 'forward', 'backward', 'wait',
                                           'allreduce', 'update'))),
         '  exposed communication {:.1%} of the step; waiting for the slowest rank {:.1%}'
