@@ -93,6 +93,8 @@ class InPlaceMeanGrad:
                 grad[...] = buffer
 
     def allreduce_grad(self, model, zero_fill=False):
+        # chainermn's older name for the same step; forwarded to the wrapped communicator,
+        # it would scale pre-divided gradients a second time.
         self.multi_node_mean_grad(model, zero_fill)
 
     def bcast_data(self, model):

@@ -3,7 +3,9 @@
 ``load_config(path, overrides)`` returns a validated ``Config``. Overrides are dotted
 ``key.sub=value`` strings whose value is read as YAML (``train.epochs=3``,
 ``optimizer.decay_epochs=[30,60]``). Unknown keys, wrong types and impossible values raise
-``ConfigError`` naming the key and what to do; nothing is checked anywhere else.
+``ConfigError`` naming the key and what to do. What a file alone cannot tell is checked
+where it is known: the machine (``runtime``), the data tree (``data.sop``), the weights
+(``evaluate.load_model``).
 """
 import ast
 import dataclasses
@@ -22,7 +24,7 @@ class ConfigError(ValueError):
 class DataConfig:
     root: str = 'minisop'
     """Path to a Stanford_Online_Products folder (with Ebay_train.txt), or 'minisop'
-    for the small generated SOP-format tree that ships with the project."""
+    for the small SOP-format tree the project generates on first use (``data.minisop``)."""
     crop_size: int = 224
     """Side of the square training and evaluation crops, in pixels."""
     scale_size: int = 256
@@ -30,7 +32,8 @@ class DataConfig:
     loader: str = 'multiprocess'
     """'multiprocess' (worker processes decode images) or 'serial' (in the rank itself)."""
     workers: int = 2
-    """Decoding processes per rank with loader 'multiprocess'."""
+    """Decoding processes per iterator with loader 'multiprocess' (a rank's training and
+    test iterators each have this many)."""
     on_bad_image: str = 'skip'
     """An image that cannot be decoded: 'skip' it (reported by name) or stop with an 'error'."""
 

@@ -69,7 +69,8 @@ def create_optimizer(config, model, comm, schedule):
 def schedule_extension(schedule):
     """A trainer extension that sets the lr for the next update (and at start or resume).
 
-    It runs after every other extension, so ``observe_lr`` logs the lr the update used.
+    It runs after the extensions that read (``observe_lr`` logs the lr the update used),
+    before the checkpointer, which then saves the lr of the next update.
     """
     def set_lr(trainer):
         trainer.updater.get_optimizer('main').lr = schedule(trainer.updater.iteration)

@@ -267,7 +267,7 @@ def create_runtime(config):
     except StartupError as e:
         error = str(e)
     agree(world, error)
-    set_precision(getattr(config.train, 'dtype', 'float32'))
+    set_precision(config.train.dtype)
     kwargs = {}
     if config.comm.allreduce_dtype == 'float16':
         kwargs['allreduce_grad_dtype'] = 'float16'

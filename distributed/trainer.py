@@ -66,7 +66,7 @@ def run(trainer, config, runtime, datasets):
             print('resumed from {} at iteration {}'.format(*resumed), flush=True)
     checkpointer = trainer.get_extension('checkpointer')
     try:
-        # Uncaught errors are reported by the launcher or chainermn's abort hook, once.
+        # Uncaught errors are reported by the launcher or the runtime's abort hook, once.
         trainer.run(show_loop_exception_msg=False)
         # Rank 0 may still be writing the last checkpoint; a signal meanwhile must not
         # find the other ranks already without their handlers.

@@ -22,7 +22,7 @@ def train(config):
     runtime = create_runtime(config)
     if runtime.is_root:
         print(describe_runtime(runtime), flush=True)
-    seed_random_state(config.train.seed, 0)  # the same initial weights on every rank
+    seed_random_state(config.train.seed, 0)  # reproducible weights (rank 0's are broadcast)
     model = create_model(config.model.arch, zero_gamma=config.model.zero_gamma)
     seed_random_state(config.train.seed, runtime.rank)  # augmentation differs per rank
     train_set, test_set = create_datasets(config, runtime)

@@ -69,7 +69,7 @@ def equal_shards(dataset, size, seed):
     return chainer.datasets.SubDataset(dataset, 0, len(dataset) // size * size, order)
 
 
-def create_iterators(config, train, test, rank=0):
+def create_iterators(config, train, test, rank):
     """Training iterator (shuffling, repeating) and test iterator (one ordered pass).
 
     The training order comes from a generator seeded with train.seed + rank, whose state

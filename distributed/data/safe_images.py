@@ -13,6 +13,7 @@ report.
 import os
 import sys
 import tempfile
+import uuid
 
 import chainer
 import numpy
@@ -94,9 +95,10 @@ class SkipUnreadable(chainer.dataset.DatasetMixin):
         self.dataset = dataset
         self.policy = policy
         self.rank = rank
-        handle, self.record = tempfile.mkstemp(prefix='bad-images-rank{}-'.format(rank),
-                                               suffix='.txt')
-        os.close(handle)
+        # Created by the first skip, in whichever process meets it: a run without broken
+        # files leaves no file behind.
+        self.record = os.path.join(tempfile.gettempdir(), 'bad-images-rank{}-{}.txt'.format(
+            rank, uuid.uuid4().hex))
 
     def __len__(self):
         return len(self.dataset)
