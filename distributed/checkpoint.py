@@ -301,6 +301,20 @@ def load(trainer, comm, is_root, resume, out):
     return path, trainer.updater.iteration
 
 
+def supersede_later(out, iteration):
+    """Rename the checkpoints in ``out`` past ``iteration`` to ``*.npz.superseded``; their
+    names. After resuming from an earlier checkpoint, they belong to an abandoned run, and
+    ``resume=auto`` (highest iteration) or the retention of ``checkpoint.keep`` (oldest
+    files first) would otherwise mix them up with the new run's."""
+    if not os.path.isdir(out):
+        return []
+    later = sorted((n, name) for name in os.listdir(out) for m in [PATTERN.match(name)]
+                   if m for n in [int(m.group(1))] if n > iteration)
+    for _, name in later:
+        os.replace(os.path.join(out, name), os.path.join(out, name + '.superseded'))
+    return [name for _, name in later]
+
+
 def _mark_synchronized(optimizer, comm):
     """Broadcast the restored weights now, so the first update after resuming updates.
 

@@ -64,6 +64,10 @@ def run(trainer, config, runtime, datasets):
         print('ranks: ' + ', '.join(where), flush=True)
         if resumed:
             print('resumed from {} at iteration {}'.format(*resumed), flush=True)
+            superseded = checkpoint.supersede_later(config.out, resumed[1])
+            if superseded:
+                print('renamed the later checkpoints of the abandoned run to *.superseded: '
+                      + ', '.join(superseded), flush=True)
     checkpointer = trainer.get_extension('checkpointer')
     try:
         # Uncaught errors are reported by the launcher or the runtime's abort hook, once.
