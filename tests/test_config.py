@@ -36,6 +36,11 @@ def test_bad_values_name_the_key(override, words):
         assert word in str(error.value)
 
 
+def test_a_value_and_a_key_below_it_conflict():
+    with pytest.raises(ConfigError, match='override train.epochs conflicts with another'):
+        load_config(None, ['train=3', 'train.epochs=2'])
+
+
 def test_unknown_key_in_file_names_the_file(tmp_path):
     path = tmp_path / 'c.yaml'
     path.write_text('train:\n  batchsize: 8\n')
