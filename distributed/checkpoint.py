@@ -115,7 +115,8 @@ class _JobState:
 class StopSignal:
     """Turns SIGTERM/SIGINT into a request to checkpoint and stop at the next iteration.
 
-    A second signal of the same kind ends the process at once (default action)."""
+    A second stop signal (either kind) ends the process at once, by that signal's default
+    action."""
 
     def __init__(self):
         self.signum = None

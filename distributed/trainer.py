@@ -33,17 +33,16 @@ def create_trainer(config, runtime, model, optimizer, train_iter, test_iter, sch
     trainer = chainer.training.Trainer(updater, (config.train.epochs, 'epoch'), out=config.out)
     log_trigger = ((config.train.log_interval, 'iteration') if config.train.log_interval
                    else (1, 'epoch'))
-    eval_trigger = evaluation_trigger(config.train.eval_interval, config.train.epochs)
 
     trainer.extend(schedule_extension(schedule))
     trainer.extend(MeanAcrossRanks(runtime.comm, TRAIN_KEYS, log_trigger))
     evaluator = extensions.Evaluator(test_iter, model, device=runtime.device,
                                      converter=converter)
     trainer.extend(chainermn.create_multi_node_evaluator(evaluator, runtime.comm),
-                   trigger=eval_trigger, name='validation')
+                   trigger=evaluation_trigger(config.train), name='validation')
     if runtime.is_root:
         write_config(config, config.out)
-        add_reports(trainer, config, model, log_trigger, eval_trigger)
+        add_reports(trainer, config, model, log_trigger)
     checkpoint.attach(trainer, runtime.comm, runtime.is_root, config.checkpoint.interval,
                       config.checkpoint.keep)
     return trainer
@@ -86,9 +85,10 @@ def run(trainer, config, runtime, datasets):
     return summary
 
 
-def evaluation_trigger(interval, epochs):
-    """Every ``interval`` epochs and at the last iteration, so that the run's final numbers
-    are the final model's."""
+def evaluation_trigger(train):
+    """Every ``train.eval_interval`` epochs and at the last iteration, so that the run's
+    final numbers are the final model's. The trigger keeps state: one per extension."""
+    interval, epochs = train.eval_interval, train.epochs
     count = int(epochs / interval + 1e-9)
     points = [round(k * interval, 9) for k in range(1, count + 1)]
     if not points or points[-1] < epochs:
@@ -133,7 +133,7 @@ class MeanAcrossRanks(chainer.training.Extension):
         self._summary.serialize(serializer['summary'])
 
 
-def add_reports(trainer, config, model, log_trigger, eval_trigger):
+def add_reports(trainer, config, model, log_trigger):
     """Rank 0's extensions: the log, the console, the plots and the final model."""
     trainer.extend(extensions.observe_lr(), trigger=log_trigger)
     trainer.extend(extensions.LogReport(trigger=log_trigger))
@@ -142,11 +142,10 @@ def add_reports(trainer, config, model, log_trigger, eval_trigger):
          'validation/main/accuracy', 'lr', 'elapsed_time']), trigger=log_trigger)
     if config.train.progress:
         trainer.extend(extensions.ProgressBar(update_interval=1))
-    trainer.extend(extensions.PlotReport(['main/loss', 'validation/main/loss'], 'epoch',
-                                         trigger=eval_trigger, file_name='loss.png'))
-    trainer.extend(extensions.PlotReport(['main/accuracy', 'validation/main/accuracy'],
-                                         'epoch', trigger=eval_trigger,
-                                         file_name='accuracy.png'))
+    for name in ('loss', 'accuracy'):
+        trainer.extend(extensions.PlotReport(
+            ['main/' + name, 'validation/main/' + name], 'epoch',
+            trigger=evaluation_trigger(config.train), file_name=name + '.png'))
     trainer.extend(extensions.snapshot_object(model, 'model.npz'),
                    trigger=(config.train.epochs, 'epoch'))
 

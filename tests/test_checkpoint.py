@@ -1,6 +1,13 @@
-"""Checkpoints in one process: naming, retention, atomic writes, exact resume, signals."""
+"""Checkpoints in one process: naming, retention, atomic writes, exact resume, signals.
+
+Marked ``mpi`` tests also run on 2 ranks (``make test``): what each rank alone holds.
+"""
+import errno
+import io
 import os
 import signal
+import subprocess
+import sys
 
 import distributed  # noqa: F401
 import chainer
@@ -12,6 +19,7 @@ import pytest
 from chainer.training import extensions
 
 from distributed import checkpoint
+from launching import REPO
 
 
 class Net(chainer.Chain):
@@ -33,8 +41,10 @@ def noisy(in_data):
 
 
 def make_trainer(out, iterations, interval=2, keep=3, seed=0):
+    """On 2 ranks each rank draws its own order and noise (as the product's ranks do), so
+    its BatchNorm statistics are its own; rank 0 writes."""
     comm = chainermn.create_communicator('naive')
-    checkpoint.seed_random_state(seed, 0)
+    checkpoint.seed_random_state(seed, comm.rank)
     data = chainer.datasets.TransformDataset(chainer.datasets.TupleDataset(
         numpy.random.RandomState(1).rand(10, 6).astype(numpy.float32),
         numpy.arange(10, dtype=numpy.int32) % 3), noisy)
@@ -44,11 +54,11 @@ def make_trainer(out, iterations, interval=2, keep=3, seed=0):
     optimizer.setup(model)
     it = chainer.iterators.SerialIterator(
         data, 4, order_sampler=chainer.iterators.ShuffleOrderSampler(
-            numpy.random.RandomState(seed)))
+            numpy.random.RandomState(seed + comm.rank)))
     updater = chainer.training.StandardUpdater(it, optimizer)
     trainer = chainer.training.Trainer(updater, (iterations, 'iteration'), out=str(out))
     trainer.extend(extensions.LogReport(trigger=(1, 'iteration')))
-    checkpoint.attach(trainer, comm, True, interval, keep)
+    checkpoint.attach(trainer, comm, comm.rank == 0, interval, keep)
     return trainer, comm
 
 
@@ -99,21 +109,50 @@ def test_interval_and_keep(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ['log', 'snapshot_iter_8.npz', 'snapshot_iter_9.npz']
 
 
-def test_a_write_that_dies_midway_leaves_the_previous_checkpoint(tmp_path):
-    trainer, _ = make_trainer(tmp_path, 2, interval=2)
+def test_a_write_that_dies_midway_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    # The checkpointer's own save (chainer's snapshot, through npz.save_npz) dies at
+    # iteration 4 after writing half the archive, as on a full disk: the checkpoints
+    # written before stay as they were, and no partial snapshot_iter_4.npz is left to be
+    # taken for the newest by resume=auto.
+    trainer, _ = make_trainer(tmp_path, 4, interval=2)
+    savez, written = numpy.savez, {}
+
+    def dies_at_4(file, **arrays):
+        whole = io.BytesIO()
+        savez(whole, **arrays)
+        iteration = trainer.updater.iteration
+        if iteration < 4:
+            written['snapshot_iter_{}.npz'.format(iteration)] = whole.getvalue()
+            file.write(whole.getvalue())
+            return
+        file.write(whole.getvalue()[:len(whole.getvalue()) // 2])
+        file.flush()
+        raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(numpy, 'savez', dies_at_4)
+    with pytest.raises(OSError, match='No space left'):
+        run(trainer)
+    monkeypatch.undo()
+    # Every 2 iterations and at the epoch end (iteration 3); the one at 4 died.
+    assert sorted(written) == ['snapshot_iter_2.npz', 'snapshot_iter_3.npz']
+    assert sorted(os.listdir(tmp_path)) == ['log'] + sorted(written)
+    for name, data in written.items():
+        assert (tmp_path / name).read_bytes() == data, name
+    resumed, comm = make_trainer(tmp_path, 5)
+    path, iteration = checkpoint.load(resumed, comm, True, 'auto', str(tmp_path))
+    resumed.get_extension('checkpointer').stop_signal.uninstall()
+    assert (os.path.basename(path), iteration) == ('snapshot_iter_3.npz', 3)
+
+
+def test_stale_temporary_folders_are_removed_at_start(tmp_path):
+    # A process killed while writing leaves chainer's temporary folder behind, with the
+    # partial file in it; the next run's checkpointer removes it, and nothing else.
+    stale = tmp_path / 'tmpsnapshot_iter_6.npzk3j_x0q'
+    stale.mkdir()
+    (stale / 'snapshot_iter_6.npz').write_bytes(b'partial')
+    (tmp_path / 'tmp_notes').mkdir()
+    trainer, _ = make_trainer(tmp_path, 1, interval=0)
     run(trainer)
-    good = (tmp_path / 'snapshot_iter_2.npz').read_bytes()
-
-    def dies_midway(path, target):
-        with open(path, 'wb') as f:
-            f.write(good[:100])
-        raise OSError('disk full')
-
-    writer = chainer.training.extensions.snapshot_writers.SimpleWriter(savefun=dies_midway)
-    with pytest.raises(OSError):
-        writer('snapshot_iter_3.npz', str(tmp_path), {})
-    assert checkpoint.find_latest(str(tmp_path)) == str(tmp_path / 'snapshot_iter_2.npz')
-    assert not os.path.exists(tmp_path / 'snapshot_iter_3.npz')
+    assert sorted(os.listdir(tmp_path)) == ['log', 'snapshot_iter_1.npz', 'tmp_notes']
 
 
 def test_resume_is_exact(tmp_path):
@@ -135,18 +174,52 @@ def test_resume_is_exact(tmp_path):
 
 
 def test_a_signal_stops_after_a_checkpoint(tmp_path):
-    trainer, _ = make_trainer(tmp_path, 1000, interval=0)
-    checkpointer = trainer.get_extension('checkpointer')
+    # Whatever handled SIGTERM before (here a host program's handler) is put back after.
+    def hosts_handler(signum, frame):
+        pass
+    previous = signal.signal(signal.SIGTERM, hosts_handler)
+    try:
+        before = {s: signal.getsignal(s) for s in checkpoint.STOP_SIGNALS}
+        trainer, _ = make_trainer(tmp_path, 1000, interval=0)
+        checkpointer = trainer.get_extension('checkpointer')
 
-    def send_at_3(trainer):
-        if trainer.updater.iteration == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-    trainer.extend(send_at_3, trigger=(1, 'iteration'))
-    run(trainer)
+        def send_at_3(trainer):
+            if trainer.updater.iteration == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+        trainer.extend(send_at_3, trigger=(1, 'iteration'))
+        run(trainer)
+        after = {s: signal.getsignal(s) for s in checkpoint.STOP_SIGNALS}
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     assert checkpointer.stopped_by == signal.SIGTERM
     assert trainer.updater.iteration == 3
     assert checkpoint.find_latest(str(tmp_path)) == str(tmp_path / 'snapshot_iter_3.npz')
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert after == before
+
+
+SIGNAL_TWICE = '''
+import os
+import signal
+import distributed
+from distributed.checkpoint import StopSignal
+signum = signal.{}
+StopSignal().install()
+os.kill(os.getpid(), signum)
+print('after the first', flush=True)
+os.kill(os.getpid(), signum)
+print('after the second', flush=True)
+'''
+
+
+@pytest.mark.parametrize('name', ['SIGTERM', 'SIGINT'])
+def test_a_second_signal_of_the_same_kind_ends_the_process_at_once(name):
+    # The first only asks for a checkpoint; a second (a user pressing Ctrl-C again, a
+    # scheduler insisting) ends the process by that signal, without waiting for one.
+    done = subprocess.run([sys.executable, '-c', SIGNAL_TWICE.format(name)], cwd=REPO,
+                          env=dict(os.environ, PYTHONPATH=REPO), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == -getattr(signal, name), (done.returncode, done.stderr)
+    assert done.stdout == 'after the first\n', done.stdout
 
 
 def test_resume_with_a_foreign_file_is_a_clear_error(tmp_path):
@@ -155,3 +228,30 @@ def test_resume_with_a_foreign_file_is_a_clear_error(tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match='snapshot_iter_3.npz'):
         checkpoint.load(trainer, comm, True, 'auto', str(tmp_path))
     trainer.get_extension('checkpointer').stop_signal.uninstall()
+
+
+def batchnorm_statistics(trainer):
+    bn = trainer.updater.get_optimizer('main').target.predictor.bn
+    return {name: numpy.array(getattr(bn, name)) for name in ('avg_mean', 'avg_var', 'N')}
+
+
+@pytest.mark.mpi
+def test_each_rank_resumes_its_own_batchnorm_statistics(tmp_path, world):
+    """BatchNorm's running statistics are per rank (never averaged): the checkpoint holds
+    every rank's, and a resume gives each rank its own back, not rank 0's from the model."""
+    first, _ = make_trainer(tmp_path, 2, interval=2)
+    run(first)
+    written = batchnorm_statistics(first)
+    # A fresh model's statistics are zeros and ones until the checkpoint's are loaded.
+    second, comm = make_trainer(tmp_path, 4)
+    try:
+        # Only rank 0 reads its out folder (each rank has its own tmp_path).
+        checkpoint.load(second, comm, comm.rank == 0, 'auto', str(tmp_path))
+    finally:
+        second.get_extension('checkpointer').stop_signal.uninstall()
+    resumed = batchnorm_statistics(second)
+    for name in written:
+        numpy.testing.assert_array_equal(resumed[name], written[name], err_msg=name)
+    means = world.allgather(written['avg_mean'])
+    assert all(not numpy.array_equal(means[0], other) for other in means[1:]), \
+        'the ranks saw the same data: the check could not tell them apart'

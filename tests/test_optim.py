@@ -6,7 +6,7 @@ import pytest
 
 from distributed.comm import INPLACE, create_communicator, loss_function
 from distributed.config import load_config
-from distributed.optim import create_optimizer, create_schedule, scaled_lr
+from distributed.optim import create_optimizer, create_schedule, scaled_lr, schedule_extension
 
 
 def test_lr_scaling_rules():
@@ -92,3 +92,50 @@ def test_weight_decay_skips_batchnorm_beta_and_gamma():
              for name, param in model.namedparams()}
     assert hooks['/fc/W'] and hooks['/fc/b']
     assert hooks['/bn/gamma'] == [] and hooks['/bn/beta'] == []
+
+
+def lr_trainer(out, iterations):
+    """A 2-iterations-per-epoch trainer with the product's optimizer and schedule: warm-up
+    over 2 epochs from 0.5 x 0.1, then x 0.1 from epoch 4. Returns it and {iteration: lr
+    the update to that iteration used}."""
+    config = load_config(None, ['optimizer.lr=0.1', 'optimizer.lr_scaling=none',
+                                'optimizer.warmup_epochs=2', 'optimizer.warmup_start=0.5',
+                                'optimizer.decay_epochs=[4]'])
+    schedule = create_schedule(config, 1, iters_per_epoch=2)
+    model = Linear()
+    optimizer = create_optimizer(config, model, create_communicator('naive'), schedule)
+    rng = numpy.random.RandomState(0)
+    data = chainer.datasets.TupleDataset(rng.rand(8, 6).astype(numpy.float32),
+                                         numpy.arange(8, dtype=numpy.int32) % 3)
+    updater = chainer.training.StandardUpdater(
+        chainer.iterators.SerialIterator(data, 4, shuffle=False), optimizer)
+    trainer = chainer.training.Trainer(updater, (iterations, 'iteration'), out=str(out))
+    trainer.extend(schedule_extension(schedule))
+    used = {}
+
+    # Before the schedule's extension, as observe_lr: the lr the update just used, read
+    # where the update reads it.
+    @chainer.training.make_extension(trigger=(1, 'iteration'),
+                                     priority=chainer.training.PRIORITY_WRITER)
+    def record(trainer):
+        used[trainer.updater.iteration] = model.fc.W.update_rule.hyperparam.lr
+    trainer.extend(record)
+    return trainer, used
+
+
+def test_trainer_updates_follow_the_warmup_then_the_decay_also_after_a_resume(tmp_path):
+    # Update k starts at iteration k - 1 and uses schedule(k - 1).
+    expected = {1: 0.05, 2: 0.0625, 3: 0.075, 4: 0.0875, 5: 0.1, 6: 0.1, 7: 0.1, 8: 0.1,
+                9: 0.01, 10: 0.01}
+    trainer, used = lr_trainer(tmp_path / 'straight', 10)
+    trainer.run()
+    assert used == pytest.approx(expected)
+    # Stopped after 5 updates and resumed from the trainer's state: the optimizer's lr is
+    # not in that state, the schedule sets it from the restored iteration.
+    first, _ = lr_trainer(tmp_path / 'resumed', 5)
+    first.run()
+    chainer.serializers.save_npz(str(tmp_path / 'trainer.npz'), first)
+    second, used = lr_trainer(tmp_path / 'resumed', 10)
+    chainer.serializers.load_npz(str(tmp_path / 'trainer.npz'), second)
+    second.run()
+    assert used == pytest.approx({k: v for k, v in expected.items() if k > 5})

@@ -6,6 +6,9 @@ files on disk and, for resumes, the weights compared with numpy.
 """
 import io
 import os
+import pickle
+import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -104,17 +107,54 @@ def assert_stopped_by(signum, code, output):
 
 
 def arrays(path):
+    """The checkpoint's weights and momentum (shared by the ranks) and each rank's own
+    BatchNorm statistics (``ranks/<r>/state``)."""
     with numpy.load(str(path)) as f:
-        return {k: f[k] for k in f.files
-                if k.startswith(('updater/model:main/', 'updater/optimizer:main/'))}
+        found = {k: f[k] for k in f.files
+                 if k.startswith(('updater/model:main/', 'updater/optimizer:main/'))}
+        for key in f.files:
+            if key.startswith('ranks/'):
+                state = pickle.loads(f[key].tobytes())
+                for name, value in state['persistent'].items():
+                    found[key.rsplit('/', 1)[0] + '/persistent/' + name] = value
+    return found
 
 
 def assert_same_weights(expected_path, got_path):
     expected, got = arrays(expected_path), arrays(got_path)
     assert expected.keys() == got.keys()
     assert any('/v' in k for k in expected), 'momentum missing from the checkpoint'
+    rank1 = [k for k in expected if k.startswith('ranks/1/persistent/') and 'avg_mean' in k]
+    assert rank1, 'rank 1\'s BatchNorm statistics missing from the checkpoint'
+    # Rank 1's statistics are its own (another shard), not a copy of the model's (rank 0's).
+    assert any(not numpy.array_equal(expected[k], expected[k.replace('ranks/1/', 'ranks/0/')])
+               for k in rank1)
     for key in expected:
         numpy.testing.assert_array_equal(expected[key], got[key], err_msg=key)
+
+
+def read_until(proc, text, timeout=240):
+    """The job's output up to ``text``, read with a deadline: when the job ends or goes
+    quiet before printing it, the test fails showing the output (and the job is killed)
+    instead of waiting for ever on a line that never comes."""
+    seen = b''
+    end = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        while text.encode() not in seen:
+            left = end - time.monotonic()
+            if left <= 0:
+                os.killpg(proc.pid, signal.SIGKILL)
+                output = seen.decode(errors='replace') + proc.communicate()[0]
+                pytest.fail('no {!r} within {} s:\n{}'.format(text, timeout, output))
+            if selector.select(min(left, 1.0)):
+                # Unbuffered, so that nothing is left in proc.stdout's buffer for finish.
+                chunk = os.read(proc.stdout.fileno(), 1 << 16)
+                if not chunk:
+                    pytest.fail('the job ended before printing {!r}:\n{}'.format(
+                        text, seen.decode(errors='replace') + finish(proc)[1]))
+                seen += chunk
+    return seen.decode(errors='replace')
 
 
 @pytest.fixture(scope='module')
@@ -166,20 +206,20 @@ def test_sigterm_to_mpiexec_then_sigint_to_one_rank_then_resume_is_exact(
 
     # 2. SIGINT to rank 1 alone: the ranks agree, both stop after the same iteration.
     proc = train(tree, tmp_path, 'train.epochs=3', 'checkpoint.interval=2', 'resume=auto')
-    end = time.time() + 240
-    while 'resumed from' not in (proc.stdout.readline() or '') and time.time() < end:
-        assert proc.poll() is None, finish(proc)[1]
+    head = read_until(proc, 'resumed from')
     pids = rank_pids(proc.pid)
     assert sorted(pids) == [0, 1]
     sent = time.time()
     os.kill(pids[1], signal.SIGINT)
     code, output = finish(proc)
+    output = head + output
     seconds = time.time() - sent
     record_property('sigint_rank1', (code, round(seconds, 1)))
     assert_stopped_by(signal.SIGINT, code, output)
     assert seconds < DEADLINE
 
-    # 3. Resume to the end: the same weights and momentum as the uninterrupted run.
+    # 3. Resume to the end: the same weights, momentum and every rank's BatchNorm
+    # statistics as the uninterrupted run.
     code, output = finish(train(tree, tmp_path, 'train.epochs=3', 'resume=auto'))
     assert code == 0, output
     assert 'resumed from' in output
@@ -187,11 +227,17 @@ def test_sigterm_to_mpiexec_then_sigint_to_one_rank_then_resume_is_exact(
 
 
 def test_resume_from_a_given_checkpoint_and_a_missing_one(straight, tree, tmp_path):
+    # A later checkpoint of an abandoned run in out must not be taken up by resume=auto.
+    shutil.copy(straight / 'snapshot_iter_9.npz', tmp_path / 'snapshot_iter_12.npz')
     code, output = finish(train(tree, tmp_path, 'train.epochs=3',
                                 'resume={}'.format(straight / 'snapshot_iter_6.npz')))
     assert code == 0, output
-    assert 'at iteration 6' in output
+    assert 'at iteration 6' in output and 'snapshot_iter_12.npz' in output
     assert_same_weights(straight / 'snapshot_iter_9.npz', tmp_path / 'snapshot_iter_9.npz')
+    assert (tmp_path / 'snapshot_iter_12.npz.superseded').exists()
+    code, output = finish(train(tree, tmp_path, 'train.epochs=3', 'resume=auto'))
+    assert code == 0 and 'resumed from {} at iteration 9'.format(
+        tmp_path / 'snapshot_iter_9.npz') in output, output
     code, output = finish(train(tree, tmp_path / 'x', 'resume={}'.format(tmp_path / 'no.npz')))
     assert code == 2, output
     assert 'no such checkpoint file' in output and 'Traceback' not in output

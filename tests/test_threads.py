@@ -1,14 +1,29 @@
 """distributed.threads: each rank's share of the cores, unless the user chose."""
 import os
+import re
 import subprocess
 import sys
 
+import numpy
 import pytest
 
 from distributed import threads
 from launching import MPIEXEC, REPO
 
 CORES = len(os.sched_getaffinity(0))
+
+
+def blas_thread_cap():
+    """The most threads NumPy's OpenBLAS ever starts: its build's MAX_THREADS (64 in NumPy's
+    wheels), whatever the cores or the variables say; CORES where the build does not say."""
+    try:
+        config = numpy.show_config(mode='dicts')['Build Dependencies']['blas']
+        return int(re.search(r'MAX_THREADS=(\d+)', config['openblas configuration']).group(1))
+    except (KeyError, TypeError, AttributeError):
+        return CORES
+
+
+CAP = blas_thread_cap()
 # One write per rank, so that the two ranks' lines cannot interleave.
 PROBE = ('import os, distributed; os.write(1, "{} {} {}\\n".format('
          'len(os.listdir("/proc/self/task")), len(os.sched_getaffinity(0)), '
@@ -53,12 +68,12 @@ def _probe(ranks, **extra):
 def test_ranks_started_by_mpiexec_run_one_blas_thread_per_core_share():
     # The process's thread count is what OpenBLAS really started (never more than the
     # cores the rank may run on: Open MPI binds each of 2 ranks to a core, Hydra does not
-    # bind). The environment is left as it was found, so processes a rank starts choose
-    # for themselves.
+    # bind; nor than the cap OpenBLAS was built with). The environment is left as it was
+    # found, so processes a rank starts choose for themselves.
     ranks = _probe(2)
     assert len(ranks) == 2
     for started, cores, variable in ranks:
-        assert (int(started), variable) == (max(1, int(cores) // 2), 'None')
-    assert _probe(1) == [[str(CORES), str(CORES), 'None']]
+        assert (int(started), variable) == (min(max(1, int(cores) // 2), CAP), 'None')
+    assert _probe(1) == [[str(min(CORES, CAP)), str(CORES), 'None']]
     for started, cores, variable in _probe(2, OMP_NUM_THREADS='2'):
         assert (int(started), variable) == (min(2, int(cores)), '2')

@@ -1,8 +1,10 @@
 """launch.train end to end, through the real launcher and real MPI ranks."""
 import json
 import os
+import re
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -11,46 +13,95 @@ import yaml
 from launching import MPIEXEC, REPO, TINY, run_launcher
 
 
-def test_two_ranks_train_and_only_rank_0_writes(small_sop, tmp_path):
+def process_tree():
+    """{pid: (parent pid, command line)} of every process now, from /proc."""
+    tree = {}
+    for entry in os.listdir('/proc'):
+        if entry.isdigit():
+            try:
+                with open('/proc/{}/stat'.format(entry)) as f:
+                    parent = int(f.read().rsplit(')', 1)[1].split()[1])
+                with open('/proc/{}/cmdline'.format(entry), 'rb') as f:
+                    command = f.read().replace(b'\0', b' ').decode(errors='replace')
+            except (OSError, ValueError, IndexError):
+                continue
+            tree[int(entry)] = (parent, command)
+    return tree
+
+
+def loader_workers(job):
+    """{rank pid: pids of its loader's worker processes} under the process ``job``.
+
+    The ranks are the ``-m launch.train`` processes below it; a worker is a child of the
+    forkserver that its rank started (the forkserver is the rank's child)."""
+    tree = process_tree()
+    below, todo = set(), [job]
+    while todo:
+        pid = todo.pop()
+        below.add(pid)
+        todo += [child for child, (parent, _) in tree.items() if parent == pid]
+    ranks = [pid for pid in below - {job} if ' -m launch.train ' in tree[pid][1]]
+    servers = {pid: rank for pid, (parent, command) in tree.items() for rank in ranks
+               if parent == rank and 'multiprocessing.forkserver' in command}
+    workers = {rank: set() for rank in ranks}
+    for pid, (parent, _) in tree.items():
+        if parent in servers:
+            workers[servers[parent]].add(pid)
+    return workers
+
+
+def test_two_ranks_train_with_loader_workers_and_only_rank_0_writes(small_sop, tmp_path):
     # Each rank runs in its own working folder with a relative `out`: whatever rank 1
-    # wrote would land in its own folder.
+    # wrote would land in its own folder. Batches come from MultiprocessIterator workers
+    # (forkserver children, the forkserver started before MPI); while the job runs, each
+    # rank's workers are looked for in the process tree: with the serial loader there are
+    # none (only the forkserver's start-up check, one process for a moment).
     dirs = [tmp_path / 'rank0', tmp_path / 'rank1']
     for d in dirs:
         d.mkdir()
     args = ['-m', 'launch.train', '-c', os.path.join(REPO, 'configs/smoke.yaml'),
             'data.root=' + small_sop, 'out=out', 'train.epochs=2', 'train.log_interval=2',
-            'optimizer.lr=0.1'] + TINY
+            'optimizer.lr=0.1'] + TINY + ['data.loader=multiprocess', 'data.workers=2']
     command = [MPIEXEC, '-n', '1', '-wdir', str(dirs[0]), sys.executable] + args + [
         ':', '-n', '1', '-wdir', str(dirs[1]), sys.executable] + args
-    done = subprocess.run(command, env=dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=REPO),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    with tempfile.TemporaryFile('w+') as stdout, tempfile.TemporaryFile('w+') as stderr:
+        proc = subprocess.Popen(command, env=dict(os.environ, OMP_NUM_THREADS='1',
+                                                  PYTHONPATH=REPO),
+                                stdout=stdout, stderr=stderr, text=True)
+        most = {}  # rank pid: the most loader workers seen at once
+        end = time.monotonic() + 300
+        while proc.poll() is None:
+            if time.monotonic() > end:
+                proc.kill()
+                proc.wait()
+                pytest.fail('the job took over 300 s')
+            for rank, found in loader_workers(proc.pid).items():
+                most[rank] = max(most.get(rank, 0), len(found))
+            time.sleep(0.1)
+        stdout.seek(0)
+        stderr.seek(0)
+        out_text, err_text = stdout.read(), stderr.read()
+    assert proc.returncode == 0, err_text[-3000:]
+    assert len(most) == 2 and all(n >= 2 for n in most.values()), (
+        'the most loader workers seen at once, per rank pid: {}'.format(most))
+
     out = dirs[0] / 'out'
     assert {'log', 'config.yaml', 'loss.png', 'accuracy.png', 'model.npz'} <= set(
         os.listdir(out))
     # chainer's Trainer makes its out folder on every rank; rank 1 puts nothing in it.
     others = os.listdir(dirs[1] / 'out') if (dirs[1] / 'out').exists() else []
     assert others == [], others
-    assert done.stdout.count('validation/main/accuracy') == 1   # one PrintReport header
-    assert done.stdout.count('test accuracy') == 1               # one summary
+    assert out_text.count('validation/main/accuracy') == 1   # one PrintReport header
+    assert out_text.count('test accuracy') == 1               # one summary
+    # The last evaluation ran at the last iteration and is the one the closing line quotes.
+    assert re.search(r'test accuracy \S+ \(loss \S+\) after 2\.\d\d epochs', out_text), out_text
 
     log = json.loads((out / 'log').read_text())
     assert all(entry['lr'] == pytest.approx(0.1 * 2) for entry in log)  # base lr x 2 ranks
     assert any('validation/main/accuracy' in entry for entry in log)
     resolved = yaml.safe_load((out / 'config.yaml').read_text())
     assert resolved['data']['root'] == small_sop and resolved['train']['batch_size'] == 4
-
-
-def test_two_ranks_train_with_loader_worker_processes(small_sop, tmp_path):
-    # MultiprocessIterator workers come from a forkserver started before MPI.
-    done = run_launcher('launch.train', ['-c', 'configs/smoke.yaml', 'data.root=' + small_sop,
-                                         'out=' + str(tmp_path), 'train.epochs=1'] + TINY + [
-                                             'data.loader=multiprocess', 'data.workers=2'],
-                        ranks=2, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    log = json.loads((tmp_path / 'log').read_text())
-    assert log[-1]['epoch'] == 1 and 'validation/main/accuracy' in log[-1]
+    assert resolved['data']['loader'] == 'multiprocess'
 
 
 def test_print_config_shows_the_resolved_config():

@@ -1,4 +1,6 @@
 """distributed.trainer: global means for the log, when evaluation runs, the closing line."""
+import types
+
 import chainer
 import chainermn
 import numpy
@@ -78,7 +80,8 @@ def test_sums_between_triggers_survive_a_checkpoint():
     (0.1, 0.3, [0.1, 0.2, 0.3]),     # no extra point from rounding
 ])
 def test_evaluation_runs_every_interval_and_at_the_end(interval, epochs, points):
-    assert evaluation_trigger(interval, epochs).points == pytest.approx(points)
+    train = types.SimpleNamespace(eval_interval=interval, epochs=epochs)
+    assert evaluation_trigger(train).points == pytest.approx(points)
 
 
 def test_the_closing_line_says_which_epoch_an_older_test_number_is_from():
