@@ -28,6 +28,7 @@ from chainer.training import extensions
 
 FILENAME = 'snapshot_iter_{.updater.iteration}.npz'
 PATTERN = re.compile(r'^snapshot_iter_(\d+)\.npz$')
+RANK_STATE = re.compile(r'^ranks/\d+/state$')
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -281,14 +282,15 @@ def load(trainer, comm, is_root, resume, out):
     state = problem = None
     try:
         with numpy.load(io.BytesIO(data)) as archive:
-            trainer.serialize(npz.NpzDeserializer(archive))
-            key = 'ranks/{}/state'.format(comm.rank)
-            if key in archive:
-                state = pickle.loads(archive[key].tobytes())
+            saved = sum(1 for key in archive.files if RANK_STATE.match(key))
+            if saved != comm.size:
+                # Shards, iterator positions and the scaled lr all depend on the count.
+                problem = ('checkpoint {} was written by a job of {} rank(s), this one has {}; '
+                           'resume it with {} ranks, or start afresh in another out folder'
+                           .format(path, saved, comm.size, saved))
             else:
-                problem = ('checkpoint {} holds no state for rank {} (a job with fewer ranks '
-                           'wrote it); resume it with the same number of ranks'.format(
-                               path, comm.rank))
+                trainer.serialize(npz.NpzDeserializer(archive))
+                state = pickle.loads(archive['ranks/{}/state'.format(comm.rank)].tobytes())
     except (KeyError, ValueError, OSError, pickle.UnpicklingError) as e:
         problem = ('checkpoint {} does not fit this job ({}); it may come from another '
                    'config, rank count or version. Give another with resume=PATH, or move it '

@@ -230,6 +230,22 @@ def test_resume_with_a_foreign_file_is_a_clear_error(tmp_path):
     trainer.get_extension('checkpointer').stop_signal.uninstall()
 
 
+def test_resume_with_another_rank_count_is_a_clear_error(tmp_path):
+    trainer, _ = make_trainer(tmp_path, 2, interval=2)
+    run(trainer)
+    # The same checkpoint as a 2-rank job would have written it: a second rank's state.
+    path = tmp_path / 'snapshot_iter_2.npz'
+    with numpy.load(path) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    arrays['ranks/1/state'] = arrays['ranks/0/state']
+    numpy.savez(path, **arrays)
+    again, comm = make_trainer(tmp_path, 4)
+    with pytest.raises(checkpoint.CheckpointError,
+                       match='written by a job of 2 rank.s., this one has 1; resume it with 2'):
+        checkpoint.load(again, comm, True, 'auto', str(tmp_path))
+    again.get_extension('checkpointer').stop_signal.uninstall()
+
+
 def batchnorm_statistics(trainer):
     bn = trainer.updater.get_optimizer('main').target.predictor.bn
     return {name: numpy.array(getattr(bn, name)) for name in ('avg_mean', 'avg_var', 'N')}

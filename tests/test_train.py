@@ -93,6 +93,7 @@ def test_two_ranks_train_with_loader_workers_and_only_rank_0_writes(small_sop, t
     assert others == [], others
     assert out_text.count('validation/main/accuracy') == 1   # one PrintReport header
     assert out_text.count('test accuracy') == 1               # one summary
+    assert out_text.startswith('runtime: 2 rank(s) on 1 node(s), one CPU each')
     # The last evaluation ran at the last iteration and is the one the closing line quotes.
     assert re.search(r'test accuracy \S+ \(loss \S+\) after 2\.\d\d epochs', out_text), out_text
 
