@@ -3,7 +3,9 @@
 Importing the ``distributed`` package applies them once, before chainer is imported.
 Each shim is applied only when the thing it stands in for is missing, and each has a
 test in tests/test_compat.py (the CuPy ones: tests/test_gpu.py) that fails without it.
-``APPLIED`` lists what was done; ``SHIMS`` lists the shims in the order they run.
+``APPLIED`` lists what was done; ``SHIMS`` lists the shims in the order they run. Two
+shims touch modules that must not load at import (chainermn starts MPI, and importing
+``distributed`` must not import chainer): the runtime applies them when it starts.
 """
 import importlib
 import importlib.machinery
@@ -245,6 +247,34 @@ def chainermn_unpack_params():
     if _memory_utility.unpack_params is not _unpack_params:
         _memory_utility.unpack_params = _unpack_params
     _note('chainermn unpack_params converts with astype')
+
+
+def _summary_add_in_float64(original):
+    def add(self, value, weight=1):
+        dtype = getattr(value, 'dtype', None)
+        if dtype is not None and dtype.kind == 'f' and dtype.itemsize < 8:
+            value = value.astype(numpy.float64)  # on the value's device: no copy to the host
+        return original(self, value, weight)
+    add.float64 = True
+    return add
+
+
+def chainer_summary_float64():
+    """Applied by ``runtime.create_runtime``, not by ``apply``: it patches chainer's
+    reporter, and importing ``distributed`` must not import chainer.
+
+    chainer's ``reporter.Summary`` (behind LogReport, Evaluator and PlotReport) starts its
+    sums as Python ``0.0``. Under NumPy 2's promotion rules (NEP 50) ``0.0`` plus a float16
+    value stays float16, so with ``train.dtype=mixed16`` a loss summed over an epoch's
+    iterations or evaluation batches loses its digits (3,000 values of 2.1 average to
+    2.645) and its squares overflow. Values are added as float64 instead. Idempotent.
+    """
+    if (0.0 + numpy.array(1, numpy.float16)).dtype != numpy.float16:
+        return  # NumPy 1: a Python float made the sum float64 already
+    from chainer import reporter
+    if not getattr(reporter.Summary.add, 'float64', False):
+        reporter.Summary.add = _summary_add_in_float64(reporter.Summary.add)
+    _note('chainer reporter sums in float64')
 
 
 # In the order apply() runs them.

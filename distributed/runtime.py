@@ -13,7 +13,7 @@ import chainer
 import numpy
 
 import distributed
-from distributed import comm as comm_module
+from distributed import comm as comm_module, compat
 
 GPU_COMMUNICATORS = ('pure_nccl', 'flat', 'non_cuda_aware')
 """ChainerMN communicators that move CuPy arrays (none of them runs on the CPU)."""
@@ -268,6 +268,7 @@ def create_runtime(config):
         error = str(e)
     agree(world, error)
     set_precision(config.train.dtype)
+    compat.chainer_summary_float64()
     kwargs = {}
     if config.comm.allreduce_dtype == 'float16':
         kwargs['allreduce_grad_dtype'] = 'float16'

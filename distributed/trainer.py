@@ -96,13 +96,6 @@ def evaluation_trigger(train):
     return chainer.training.triggers.ManualScheduleTrigger(points, 'epoch')
 
 
-def _float64(value):
-    # A float16 loss (mixed16) summed over an epoch's iterations in float16 would lose
-    # its digits; the cast runs where the value is, without a copy to the host.
-    array = value.array if isinstance(value, chainer.Variable) else value
-    return array.astype(numpy.float64) if hasattr(array, 'astype') else value
-
-
 class MeanAcrossRanks(chainer.training.Extension):
     """At ``trigger``, replaces the observed ``keys`` by their mean over all ranks and over
     the iterations since the previous trigger; in between, removes them from the observation.
@@ -125,8 +118,7 @@ class MeanAcrossRanks(chainer.training.Extension):
 
     def __call__(self, trainer):
         observation = trainer.observation
-        self._summary.add({k: _float64(observation.pop(k)) for k in self._keys
-                           if k in observation})
+        self._summary.add({k: observation.pop(k) for k in self._keys if k in observation})
         if self._trigger(trainer):
             means = self._summary.compute_mean()
             mine = numpy.array([float(means[k]) for k in self._keys])

@@ -458,6 +458,34 @@ def test_unpack_params_stand_in_converts_mixed_dtypes():
         assert param.grad.dtype == numpy.float32
 
 
+# --- chainer's reporter sums under NEP 50 -------------------------------------------------
+
+FLOAT16_MEAN = '''
+import chainer
+import numpy
+summary = chainer.reporter.DictSummary()
+for _ in range(3000):  # a mixed16 loss over an epoch of iterations
+    summary.add({'loss': chainer.Variable(numpy.array(2.1, numpy.float16))})
+print(float(summary.compute_mean()['loss']))
+'''
+
+
+def test_chainer_sums_float16_values_in_float16_on_numpy2():
+    done = ok('import distributed\n', FLOAT16_MEAN)
+    assert abs(float(done.stdout) - 2.1) > 0.1, done.stdout
+
+
+def test_the_runtime_makes_chainer_sum_in_float64():
+    done = ok('''
+        import distributed
+        from distributed.config import load_config
+        from distributed.runtime import create_runtime
+        create_runtime(load_config(None, ['device=cpu', 'data.loader=serial']))
+        assert 'chainer reporter sums in float64' in distributed.compat.APPLIED
+        ''', FLOAT16_MEAN)
+    assert abs(float(done.stdout) - 2.1) < 1e-3, done.stdout
+
+
 def chainer_param(dtype):
     import chainer
     return chainer.Parameter(numpy.ones(4, dtype))
