@@ -78,7 +78,8 @@ class TrainConfig:
     eval_interval: float = 1.0
     """Evaluate on the test split every this many epochs, and at the end."""
     log_interval: int = 0
-    """Iterations between log lines (0: once per epoch)."""
+    """Iterations between log lines (0: once per epoch), and one at the end; the plots have
+    a point per log line."""
     seed: int = 0
     """Seed for data scattering, augmentation and weight initialisation."""
     progress: bool = True

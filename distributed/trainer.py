@@ -31,18 +31,16 @@ def create_trainer(config, runtime, model, optimizer, train_iter, test_iter, sch
         train_iter, optimizer, device=runtime.device, converter=converter,
         loss_func=loss_function(runtime.comm, model))
     trainer = chainer.training.Trainer(updater, (config.train.epochs, 'epoch'), out=config.out)
-    log_trigger = ((config.train.log_interval, 'iteration') if config.train.log_interval
-                   else (1, 'epoch'))
 
     trainer.extend(schedule_extension(schedule))
-    trainer.extend(MeanAcrossRanks(runtime.comm, TRAIN_KEYS, log_trigger))
+    trainer.extend(MeanAcrossRanks(runtime.comm, TRAIN_KEYS, log_trigger(config.train)))
     evaluator = extensions.Evaluator(test_iter, model, device=runtime.device,
                                      converter=converter)
     trainer.extend(chainermn.create_multi_node_evaluator(evaluator, runtime.comm),
                    trigger=evaluation_trigger(config.train), name='validation')
     if runtime.is_root:
         write_config(config, config.out)
-        add_reports(trainer, config, model, log_trigger)
+        add_reports(trainer, config, model)
     checkpoint.attach(trainer, runtime.comm, runtime.is_root, config.checkpoint.interval,
                       config.checkpoint.keep)
     return trainer
@@ -85,15 +83,32 @@ def run(trainer, config, runtime, datasets):
     return summary
 
 
+class EveryAndAtEnd:
+    """A trigger: every ``interval`` (``(n, 'iteration')`` or ``(n, 'epoch')``) and at the
+    run's last iteration (``epochs`` reached), so that the last numbers evaluated and
+    logged are the final model's. It keeps state: one per extension."""
+
+    def __init__(self, interval, epochs):
+        self.every = chainer.training.triggers.IntervalTrigger(*interval)
+        self.epochs = epochs
+
+    def __call__(self, trainer):
+        every = self.every(trainer)  # asked at every iteration: it tracks the previous one
+        return every or trainer.updater.epoch_detail >= self.epochs
+
+    def serialize(self, serializer):
+        self.every.serialize(serializer['every'])
+
+
+def log_trigger(train):
+    """Log lines: every ``train.log_interval`` iterations (0: every epoch) and at the end."""
+    every = (train.log_interval, 'iteration') if train.log_interval else (1, 'epoch')
+    return EveryAndAtEnd(every, train.epochs)
+
+
 def evaluation_trigger(train):
-    """Every ``train.eval_interval`` epochs and at the last iteration, so that the run's
-    final numbers are the final model's. The trigger keeps state: one per extension."""
-    interval, epochs = train.eval_interval, train.epochs
-    count = int(epochs / interval + 1e-9)
-    points = [round(k * interval, 9) for k in range(1, count + 1)]
-    if not points or points[-1] < epochs:
-        points.append(epochs)
-    return chainer.training.triggers.ManualScheduleTrigger(points, 'epoch')
+    """Test-split evaluations: every ``train.eval_interval`` epochs and at the end."""
+    return EveryAndAtEnd((train.eval_interval, 'epoch'), train.epochs)
 
 
 class MeanAcrossRanks(chainer.training.Extension):
@@ -133,19 +148,24 @@ class MeanAcrossRanks(chainer.training.Extension):
         self._summary.serialize(serializer['summary'])
 
 
-def add_reports(trainer, config, model, log_trigger):
-    """Rank 0's extensions: the log, the console, the plots and the final model."""
-    trainer.extend(extensions.observe_lr(), trigger=log_trigger)
-    trainer.extend(extensions.LogReport(trigger=log_trigger))
+def add_reports(trainer, config, model):
+    """Rank 0's extensions: the log, the console, the plots and the final model.
+
+    They all read at the log trigger, where ``MeanAcrossRanks`` puts the global numbers;
+    the plots have a point per log line, as the log has."""
+    train = config.train
+    trainer.extend(extensions.observe_lr(), trigger=log_trigger(train))
+    trainer.extend(extensions.LogReport(trigger=log_trigger(train)))
     trainer.extend(extensions.PrintReport(
         ['epoch', 'iteration', 'main/loss', 'main/accuracy', 'validation/main/loss',
-         'validation/main/accuracy', 'lr', 'elapsed_time']), trigger=log_trigger)
+         'validation/main/accuracy', 'lr', 'elapsed_time']), trigger=log_trigger(train))
     if config.train.progress:
         trainer.extend(extensions.ProgressBar(update_interval=1))
     for name in ('loss', 'accuracy'):
         trainer.extend(extensions.PlotReport(
-            ['main/' + name, 'validation/main/' + name], 'epoch',
-            trigger=evaluation_trigger(config.train), file_name=name + '.png'))
+            ['main/' + name, 'validation/main/' + name],
+            'iteration' if train.log_interval else 'epoch',
+            trigger=log_trigger(train), file_name=name + '.png'))
     trainer.extend(extensions.snapshot_object(model, 'model.npz'),
                    trigger=(config.train.epochs, 'epoch'))
 
@@ -166,8 +186,6 @@ def describe(summary):
         return '\n'.join(lines)
     test = ('test accuracy {test_accuracy:.3f} (loss {test_loss:.3f})'.format(**summary)
             if summary['test_accuracy'] is not None else 'not evaluated')
-    if summary['test_accuracy'] is not None and summary['test_epoch'] < int(summary['epochs']):
-        test += ' at epoch {}'.format(summary['test_epoch'])
     lines.append('{} after {epochs:.2f} epochs ({iterations} iterations), {seconds:.0f} s, '
                  '{images_per_sec:.1f} images/s on {ranks} ranks; results in {out}'.format(
                      test, **summary))
@@ -176,16 +194,15 @@ def describe(summary):
 
 def summarize(trainer, runtime, config):
     """Final numbers for the console: test accuracy, wall time, images/s, where results are."""
+    # The last evaluation and the last log line both run at the last iteration (a log line
+    # holds the mean of the evaluations since the one before, as chainer's LogReport does).
     log = trainer.get_extension('LogReport').log if runtime.is_root else []
     last_eval = next((e for e in reversed(log) if 'validation/main/accuracy' in e), {})
-    # The last evaluation runs at the last iteration, but a log_interval that does not
-    # divide the run can leave it out of the log: say which epoch the number is from.
     elapsed = trainer.elapsed_time
     images = trainer.updater.iteration * config.train.batch_size * runtime.size
     return {
         'test_accuracy': last_eval.get('validation/main/accuracy'),
         'test_loss': last_eval.get('validation/main/loss'),
-        'test_epoch': last_eval.get('epoch'),
         'iterations': trainer.updater.iteration,
         'epochs': trainer.updater.epoch_detail,
         'seconds': elapsed,

@@ -60,7 +60,7 @@ def test_two_ranks_train_with_loader_workers_and_only_rank_0_writes(small_sop, t
     for d in dirs:
         d.mkdir()
     args = ['-m', 'launch.train', '-c', os.path.join(REPO, 'configs/smoke.yaml'),
-            'data.root=' + small_sop, 'out=out', 'train.epochs=2', 'train.log_interval=2',
+            'data.root=' + small_sop, 'out=out', 'train.epochs=1.5', 'train.log_interval=3',
             'optimizer.lr=0.1'] + TINY + ['data.loader=multiprocess', 'data.workers=2']
     command = [MPIEXEC, '-n', '1', '-wdir', str(dirs[0]), sys.executable] + args + [
         ':', '-n', '1', '-wdir', str(dirs[1]), sys.executable] + args
@@ -94,10 +94,17 @@ def test_two_ranks_train_with_loader_workers_and_only_rank_0_writes(small_sop, t
     assert out_text.count('validation/main/accuracy') == 1   # one PrintReport header
     assert out_text.count('test accuracy') == 1               # one summary
     assert out_text.startswith('runtime: 2 rank(s) on 1 node(s), one CPU each')
-    # The last evaluation ran at the last iteration and is the one the closing line quotes.
-    assert re.search(r'test accuracy \S+ \(loss \S+\) after 2\.\d\d epochs', out_text), out_text
 
     log = json.loads((out / 'log').read_text())
+    # The run ends mid-interval (1.5 epochs, a log line every 3 iterations): the last log
+    # line and the last evaluation still come at its last iteration, and the closing line
+    # quotes them.
+    last = log[-1]
+    assert 'validation/main/accuracy' in last and last['iteration'] % 3 != 0, log
+    assert re.search(r'test accuracy {:.3f} \(loss {:.3f}\) after 1\.\d\d epochs \({} '
+                     r'iterations\)'.format(last['validation/main/accuracy'],
+                                            last['validation/main/loss'], last['iteration']),
+                     out_text), out_text
     assert all(entry['lr'] == pytest.approx(0.1 * 2) for entry in log)  # base lr x 2 ranks
     assert any('validation/main/accuracy' in entry for entry in log)
     resolved = yaml.safe_load((out / 'config.yaml').read_text())

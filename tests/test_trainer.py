@@ -1,13 +1,11 @@
 """distributed.trainer: global means for the log, when evaluation runs, the closing line."""
-import types
-
 import chainer
 import chainermn
 import numpy
 import pytest
 from chainer.training import extensions
 
-from distributed.trainer import MeanAcrossRanks, describe, evaluation_trigger
+from distributed.trainer import EveryAndAtEnd, MeanAcrossRanks, describe
 
 
 class Reporting(chainer.Link):
@@ -72,24 +70,31 @@ def test_sums_between_triggers_survive_a_checkpoint():
     assert float(means['main/loss']) == pytest.approx(1.0)       # x = 0, 1, 2
 
 
-@pytest.mark.parametrize('interval, epochs, points', [
-    (1, 8, [1, 2, 3, 4, 5, 6, 7, 8]),
-    (3, 8, [3, 6, 8]),               # the last iteration too
-    (0.5, 1.2, [0.5, 1.0, 1.2]),
-    (4, 2, [2]),
-    (0.1, 0.3, [0.1, 0.2, 0.3]),     # no extra point from rounding
+@pytest.mark.parametrize('every, fired', [
+    ((3, 'iteration'), [3, 6, 9, 10]),
+    ((1, 'epoch'), [4, 8, 10]),
+    ((0.5, 'epoch'), [2, 4, 6, 8, 10]),
+    ((4, 'epoch'), [10]),
 ])
-def test_evaluation_runs_every_interval_and_at_the_end(interval, epochs, points):
-    train = types.SimpleNamespace(eval_interval=interval, epochs=epochs)
-    assert evaluation_trigger(train).points == pytest.approx(points)
+def test_logs_and_evaluations_run_every_interval_and_at_the_last_iteration(every, fired):
+    # 4 iterations an epoch, 2.5 epochs: the run ends at iteration 10, mid-interval.
+    data = numpy.zeros((4, 1), numpy.float32)
+    model = chainer.links.Linear(1, 1)
+    updater = chainer.training.StandardUpdater(
+        chainer.iterators.SerialIterator(data, 1), chainer.optimizers.SGD().setup(model),
+        loss_func=lambda x: chainer.functions.sum(model(x)))
+    trainer = chainer.training.Trainer(updater, (2.5, 'epoch'))
+    seen = []
+    trainer.extend(lambda t: seen.append(t.updater.iteration),
+                   trigger=EveryAndAtEnd(every, 2.5))
+    trainer.run()
+    assert seen == fired
 
 
-def test_the_closing_line_says_which_epoch_an_older_test_number_is_from():
+def test_the_closing_line():
     summary = dict(skipped_report='', stopped_by=0, test_accuracy=0.75, test_loss=0.5,
-                   test_epoch=8, epochs=8.0, iterations=80, seconds=60.0,
-                   images_per_sec=42.0, ranks=2, out='/r')
-    line = describe(summary)
-    assert line.startswith('test accuracy 0.750 (loss 0.500) after 8.00 epochs')
-    assert 'at epoch' not in line
-    assert 'at epoch 6 after 8.00' in describe(dict(summary, test_epoch=6))
+                   epochs=8.0, iterations=80, seconds=60.0, images_per_sec=42.0, ranks=2,
+                   out='/r')
+    assert describe(summary) == ('test accuracy 0.750 (loss 0.500) after 8.00 epochs (80 '
+                                 'iterations), 60 s, 42.0 images/s on 2 ranks; results in /r')
     assert describe(dict(summary, test_accuracy=None)).startswith('not evaluated after')
