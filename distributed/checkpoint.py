@@ -283,7 +283,10 @@ def load(trainer, comm, is_root, resume, out):
     try:
         with numpy.load(io.BytesIO(data)) as archive:
             saved = sum(1 for key in archive.files if RANK_STATE.match(key))
-            if saved != comm.size:
+            if not saved:
+                problem = ('{} holds no rank states: it is not a checkpoint written by '
+                           'launch.train; give another with resume=PATH'.format(path))
+            elif saved != comm.size:
                 # Shards, iterator positions and the scaled lr all depend on the count.
                 problem = ('checkpoint {} was written by a job of {} rank(s), this one has {}; '
                            'resume it with {} ranks, or start afresh in another out folder'

@@ -183,8 +183,9 @@ def load_shard(config, runtime):
     dataset, = read_on_root(config, runtime, (config.split,), paths=True)
     # Equal-length shards would repeat images and change the counts.
     shard = chainermn.scatter_dataset(dataset, runtime.comm, force_equal_length=False)
+    # An undecodable file becomes None and is not counted (data.on_bad_image=skip).
     return decoded(shard, ValTransform(config.data.crop_size, config.data.scale_size), config,
-                   runtime.rank)
+                   runtime.rank, substitute=False)
 
 
 class Progress:
@@ -216,6 +217,9 @@ def count_shard(model, dataset, config, device, progress=None):
     converter = InputConverter(mean_of(model))
     try:
         for i, batch in enumerate(iterator, 1):
+            batch = [example for example in batch if example is not None]
+            if not batch:
+                continue
             x, t = converter(batch, device)
             with chainer.using_config('train', False), chainer.no_backprop_mode():
                 y = model.predictor(x)

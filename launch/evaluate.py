@@ -4,7 +4,7 @@
 Any number of ranks gives exactly the numbers of one process. Rank 0 prints the table and
 writes ``out/eval.json`` and ``out/confusion.png``. Images are decoded as training's
 evaluation decodes them; an undecodable file is handled as data.on_bad_image says (with
-'skip' it is named, and the next image of the shard is counted in its place).
+'skip' it is named and not counted).
 """
 import sys
 

@@ -22,11 +22,11 @@ def create_datasets(config, runtime):
             decoded(test, ValTransform(crop, scale), config, runtime.rank))
 
 
-def decoded(pairs, transform, config, rank):
+def decoded(pairs, transform, config, rank, substitute=True):
     """(file path, label) ``pairs`` as ``transform``'s uint8 images: any file that decodes
     is used, the others are handled as ``data.on_bad_image`` says (see ``safe_images``)."""
     return SkipUnreadable(TransformDataset(pairs, Tolerant(transform)),
-                          config.data.on_bad_image, rank)
+                          config.data.on_bad_image, rank, substitute)
 
 
 def scatter_splits(config, runtime):

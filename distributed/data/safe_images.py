@@ -87,14 +87,16 @@ class Tolerant:
 class SkipUnreadable(chainer.dataset.DatasetMixin):
     """Wraps a dataset whose examples may raise ``UnreadableImage``.
 
-    ``policy`` 'skip': report the file and return the next readable example instead;
-    'error': raise ``BadImageError`` naming the file and the rank.
+    ``policy`` 'skip': report the file and return the next readable example instead (or,
+    without ``substitute``, None: counting must not see an image twice); 'error': raise
+    ``BadImageError`` naming the file and the rank.
     """
 
-    def __init__(self, dataset, policy, rank):
+    def __init__(self, dataset, policy, rank, substitute=True):
         self.dataset = dataset
         self.policy = policy
         self.rank = rank
+        self.substitute = substitute
         # Created by the first skip, in whichever process meets it: a run without broken
         # files leaves no file behind.
         self.record = os.path.join(tempfile.gettempdir(), 'bad-images-rank{}-{}.txt'.format(
@@ -105,6 +107,12 @@ class SkipUnreadable(chainer.dataset.DatasetMixin):
 
     def get_example(self, i):
         n = len(self.dataset)
+        if not self.substitute:
+            try:
+                return self.dataset[i]
+            except UnreadableImage as e:
+                self._report(e)
+                return None
         for step in range(n):
             try:
                 return self.dataset[(i + step) % n]
