@@ -65,6 +65,13 @@ def run(trainer, config, runtime, datasets):
             if superseded:
                 print('renamed the later checkpoints of the abandoned run to *.superseded: '
                       + ', '.join(superseded), flush=True)
+        else:
+            earlier = checkpoint.find_latest(config.out)
+            if earlier:
+                print('note: starting afresh in {}, which holds checkpoints of an earlier run '
+                      '(up to {}); this run overwrites those it reaches, and resume=auto takes '
+                      'the highest-numbered one'.format(config.out, os.path.basename(earlier)),
+                      flush=True)
     checkpointer = trainer.get_extension('checkpointer')
     try:
         # Uncaught errors are reported by the launcher or the runtime's abort hook, once.
