@@ -13,6 +13,7 @@ import distributed  # noqa: F401  (applies the compat shims before chainer is im
 from distributed.config import ConfigError
 from distributed.predict import Predictor, format_prediction, load_predict_config
 from distributed.runtime import StartupError
+from launch import cli
 
 FAILED_IMAGES_EXIT = 1
 
@@ -21,7 +22,9 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(prog='python -m launch.predict', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('-c', '--config', help='YAML config (configs/); defaults otherwise')
-    parser.add_argument('items', nargs='+', metavar='key=value | IMAGE',
+    parser.add_argument('--print-config', action='store_true',
+                        help='print the resolved config and exit')
+    parser.add_argument('items', nargs='*', metavar='key=value | IMAGE',
                         help='config overrides (model=results/smoke/model.npz top_k=3), '
                              'then the image files')
     args = parser.parse_args(argv)
@@ -29,7 +32,7 @@ def parse_args(argv):
     args.overrides = [a for a in args.items
                       if '=' in a.split('/')[0] and not os.path.isfile(a)]
     args.images = [a for a in args.items if a not in args.overrides]
-    if not args.images:
+    if not args.images and not args.print_config:
         parser.error('name at least one image file')
     return args
 
@@ -38,10 +41,12 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         config = load_predict_config(args.config, args.overrides)
+        if args.print_config:
+            cli.print_config(config)
+            return 0
         predictor = Predictor(config)
     except (ConfigError, StartupError) as e:
-        print('error: {}'.format(e), file=sys.stderr)
-        return 2
+        return cli.fail(e)
     failed = 0
     for path in args.images:
         prediction = predictor(path)

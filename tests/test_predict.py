@@ -98,3 +98,5 @@ def test_launcher_answers_good_images_and_fails_on_bad_ones(small_sop, model_fil
     assert 'Traceback' not in done.stderr
     ok = run_launcher('launch.predict', ['-c', SMOKE, 'model=' + model_file] + TINY + good[:1])
     assert ok.returncode == 0 and ok.stdout.count('%') == 5, ok.stderr
+    shown = run_launcher('launch.predict', ['-c', SMOKE, '--print-config', 'top_k=2'])
+    assert shown.returncode == 0 and 'top_k: 2' in shown.stdout, shown.stderr
