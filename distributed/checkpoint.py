@@ -45,17 +45,23 @@ def seed_random_state(seed, rank):
     numpy.random.seed(seed + rank)
 
 
-def find_latest(out):
-    """Path of the newest complete checkpoint in ``out`` (highest iteration), or None.
+def _checkpoints(out):
+    """``[(iteration, file name)]`` of the complete checkpoints in ``out``, in order.
 
     Only renamed, finished files match the pattern; chainer's temporary folders
     (``tmpsnapshot_iter_...``) never do."""
     try:
         names = os.listdir(out)
     except OSError:
-        return None
-    found = [(int(m.group(1)), name) for name in names for m in [PATTERN.match(name)] if m]
-    return os.path.join(out, max(found)[1]) if found else None
+        return []
+    return sorted((int(m.group(1)), name) for name in names for m in [PATTERN.match(name)]
+                  if m)
+
+
+def find_latest(out):
+    """Path of the newest complete checkpoint in ``out`` (highest iteration), or None."""
+    found = _checkpoints(out)
+    return os.path.join(out, found[-1][1]) if found else None
 
 
 def _training_iterator(trainer):
@@ -307,18 +313,24 @@ def load(trainer, comm, is_root, resume, out):
     return path, trainer.updater.iteration
 
 
-def supersede_later(out, iteration):
-    """Rename the checkpoints in ``out`` past ``iteration`` to ``*.npz.superseded``; their
-    names. After resuming from an earlier checkpoint, they belong to an abandoned run, and
+def settle(out, resumed):
+    """On rank 0 after ``load`` (``resumed`` is what it returned): the lines to print about
+    the checkpoints already in ``out``.
+
+    After resuming from an earlier checkpoint, the later ones belong to an abandoned run:
     ``resume=auto`` (highest iteration) or the retention of ``checkpoint.keep`` (oldest
-    files first) would otherwise mix them up with the new run's."""
-    if not os.path.isdir(out):
-        return []
-    later = sorted((n, name) for name in os.listdir(out) for m in [PATTERN.match(name)]
-                   if m for n in [int(m.group(1))] if n > iteration)
-    for _, name in later:
+    files first) would mix them up with the new run's, so they are renamed
+    ``*.npz.superseded``. A fresh start leaves an earlier run's checkpoints and says so."""
+    found = _checkpoints(out)
+    if not resumed:
+        return ['note: starting afresh in {}, which holds checkpoints of an earlier run (up '
+                'to {}); this run overwrites those it reaches, and resume=auto takes the '
+                'highest-numbered one'.format(out, found[-1][1])] if found else []
+    later = [name for iteration, name in found if iteration > resumed[1]]
+    for name in later:
         os.replace(os.path.join(out, name), os.path.join(out, name + '.superseded'))
-    return [name for _, name in later]
+    return ['renamed the later checkpoints of the abandoned run to *.superseded: '
+            + ', '.join(later)] if later else []
 
 
 def _mark_synchronized(optimizer, comm):

@@ -180,7 +180,7 @@ def plot_confusion(confusion, path, names=sop.SUPER_CLASS_NAMES, title='confusio
 def load_shard(config, runtime):
     """This rank's part of ``config.split``, decoded as training's evaluation decodes it;
     shards differ in length by at most one image."""
-    dataset, = read_on_root(config, runtime, (config.split,), paths=True)
+    dataset, = read_on_root(config, runtime, (config.split,))
     # Equal-length shards would repeat images and change the counts.
     shard = chainermn.scatter_dataset(dataset, runtime.comm, force_equal_length=False)
     # An undecodable file becomes None and is not counted (data.on_bad_image=skip).

@@ -80,7 +80,7 @@ def write_grids(config, root):
     os.makedirs(config.out, exist_ok=True)
     written = []
     for split in splits_of(config):
-        dataset = sop.load_split(root, split, paths=True)
+        dataset = sop.load_split(root, split)
         path = os.path.join(config.out, 'samples_{}.png'.format(split))
         sample_grid(dataset, config.n, config.train.seed,
                     'sample dataset for {} ({} images)'.format(split, len(dataset)), path)

@@ -61,17 +61,8 @@ def run(trainer, config, runtime, datasets):
         print('ranks: ' + ', '.join(where), flush=True)
         if resumed:
             print('resumed from {} at iteration {}'.format(*resumed), flush=True)
-            superseded = checkpoint.supersede_later(config.out, resumed[1])
-            if superseded:
-                print('renamed the later checkpoints of the abandoned run to *.superseded: '
-                      + ', '.join(superseded), flush=True)
-        else:
-            earlier = checkpoint.find_latest(config.out)
-            if earlier:
-                print('note: starting afresh in {}, which holds checkpoints of an earlier run '
-                      '(up to {}); this run overwrites those it reaches, and resume=auto takes '
-                      'the highest-numbered one'.format(config.out, os.path.basename(earlier)),
-                      flush=True)
+        for line in checkpoint.settle(config.out, resumed):
+            print(line, flush=True)
     checkpointer = trainer.get_extension('checkpointer')
     try:
         # Uncaught errors are reported by the launcher or the runtime's abort hook, once.

@@ -76,7 +76,7 @@ def test_grid_titles_use_the_right_names_and_odd_files_get_a_tile(sop_copy, tmp_
     Image.new('L', (40, 30), 80).save(os.path.join(sop_copy, rows[1][3]), 'JPEG')
     with open(os.path.join(sop_copy, rows[2][3]), 'wb') as f:
         f.write(b'\xff\xd8 truncated')
-    dataset = sop.load_split(sop_copy, 'train', paths=True)
+    dataset = sop.load_split(sop_copy, 'train')
     titles = sample_grid(dataset, len(dataset), 0, 'all', str(tmp_path / 'grid.png'))
     assert (tmp_path / 'grid.png').read_bytes()[:4] == b'\x89PNG'
     expected = sorted('{}:{}'.format(label, sop.SUPER_CLASS_NAMES[label]) + (

@@ -35,18 +35,18 @@ def scatter_splits(config, runtime):
     The train split is shuffled and scattered in disjoint shards of equal length, the test
     split in order.
     """
-    train, test = read_on_root(config, runtime, ('train', 'test'), paths=True)
+    train, test = read_on_root(config, runtime, ('train', 'test'))
     if runtime.is_root:
         train = equal_shards(train, runtime.size, config.train.seed)
     return (chainermn.scatter_dataset(train, runtime.comm),
             chainermn.scatter_dataset(test, runtime.comm))
 
 
-def read_on_root(config, runtime, splits, paths):
+def read_on_root(config, runtime, splits):
     """The SOP ``splits`` of ``data.root`` on rank 0 (None on the other ranks); collective.
 
     Rank 0 checks the tree first; when it is unusable every rank raises the same
-    ``DataError``, so no rank is left waiting. ``paths`` as in ``sop.load_split``.
+    ``DataError``, so no rank is left waiting. Examples are (file path, label) pairs.
     """
     root = sop.resolve_root(config.data.root)  # on every rank: minisop is made where needed
     datasets = [None] * len(splits)
@@ -54,7 +54,7 @@ def read_on_root(config, runtime, splits, paths):
     if runtime.is_root:
         error = sop.check_tree(root)
         if not error:
-            datasets = [sop.load_split(root, split, paths=paths) for split in splits]
+            datasets = [sop.load_split(root, split) for split in splits]
     error = runtime.comm.mpi_comm.bcast(error, root=0)
     if error:
         raise sop.DataError(error)

@@ -81,11 +81,9 @@ def check_tree(root):
     return None
 
 
-def load_split(root, split, paths=False):
-    """chainercv's ``OnlineProductsDataset`` as (image, super_label) pairs; with ``paths``,
-    (image file path, super_label) pairs, for transforms that decode only what they need."""
+def load_split(root, split):
+    """chainercv's ``OnlineProductsDataset`` as (image file path, super_label) pairs: the
+    transforms decode only what they need (``safe_images``, ``fastimage``)."""
     from chainercv.datasets import OnlineProductsDataset
     dataset = OnlineProductsDataset(root, split=split)
-    if paths:
-        return chainer.datasets.TupleDataset(dataset.paths, dataset.super_class_ids)
-    return dataset.slice[:, ('img', 'super_label')]
+    return chainer.datasets.TupleDataset(dataset.paths, dataset.super_class_ids)

@@ -3,7 +3,7 @@
 An example is ``(image, label)``. When the image is a decoded CHW array, chainercv's
 transforms do the work. When it is a file path, ``fastimage`` decodes only what the crop
 needs, on uint8, with chainercv's crop sampling and the same output: the fast path the
-product's datasets use (``sop.load_split(..., paths=True)``). Either way the result is a
+product's datasets use (``sop.load_split``). Either way the result is a
 (3, crop, crop) uint8 image: the mean is subtracted later, per batch and on the device,
 by ``runtime.InputConverter``.
 """
