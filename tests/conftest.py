@@ -23,6 +23,18 @@ def small_sop(tmp_path_factory):
                         products_per_class=2)
 
 
+@pytest.fixture
+def one_rank_runtime():
+    """A CPU ``Runtime`` of one rank (``MPI.COMM_SELF``) whatever the world's size, built
+    without ``create_runtime``, which would install its abort hooks in pytest."""
+    import chainer
+    import chainermn
+    from mpi4py import MPI
+    from distributed.runtime import Runtime
+    return Runtime(comm=chainermn.create_communicator('naive', MPI.COMM_SELF),
+                   device=chainer.get_device('@numpy'))
+
+
 @pytest.fixture(scope='session')
 def world():
     from mpi4py import MPI

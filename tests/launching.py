@@ -12,6 +12,32 @@ TINY = ['data.crop_size=32', 'data.scale_size=36', 'data.loader=serial', 'train.
         'train.progress=false', 'device=cpu', 'optimizer.warmup_epochs=0']
 
 
+def process_tree():
+    """{pid: (parent pid, command line)} of every process now, from /proc."""
+    tree = {}
+    for entry in os.listdir('/proc'):
+        if entry.isdigit():
+            try:
+                with open('/proc/{}/stat'.format(entry)) as f:
+                    parent = int(f.read().rsplit(')', 1)[1].split()[1])
+                with open('/proc/{}/cmdline'.format(entry), 'rb') as f:
+                    command = f.read().replace(b'\0', b' ').decode(errors='replace')
+            except (OSError, ValueError, IndexError):
+                continue
+            tree[int(entry)] = (parent, command)
+    return tree
+
+
+def descendants(tree, pid):
+    """``pid`` and every process below it in ``tree`` (``process_tree``), parents first."""
+    below, todo = [], [pid]
+    while todo:
+        pid = todo.pop(0)
+        below.append(pid)
+        todo += [child for child, (parent, _) in tree.items() if parent == pid]
+    return below
+
+
 def run_launcher(module, args, ranks=1, timeout=300, cwd=None, env=None):
     """Run ``python -m module args`` as one process or under ``mpiexec -n ranks``."""
     command = [sys.executable, '-m', module] + list(args)

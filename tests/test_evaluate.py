@@ -144,29 +144,23 @@ def test_two_ranks_give_exactly_the_numbers_of_one(uneven_sop, model_file, tmp_p
 
 
 def test_odd_and_broken_images_are_decoded_as_in_training_or_named(
-        small_sop, model_file, tmp_path):
+        small_sop, model_file, tmp_path, one_rank_runtime):
     """An RGBA PNG behind a .JPG name is evaluated (alpha dropped, as training reads it); an
     undecodable file is named and skipped, or stops the evaluation with data.on_bad_image."""
     from distributed.data.safe_images import BadImageError
     from distributed.evaluate import evaluate
-    from distributed.runtime import Runtime
-    import chainer
-    import chainermn
-    from mpi4py import MPI
     root = tmp_path / 'sop'
     shutil.copytree(small_sop, root)
     rels = [line.split()[3] for line in (root / 'Ebay_test.txt').read_text().splitlines()[1:]]
     rgba = Image.fromarray(numpy.full((40, 50, 4), 90, numpy.uint8), 'RGBA')
     rgba.save(root / rels[0], 'PNG')
     (root / rels[1]).write_bytes(b'not an image')
-    runtime = Runtime(comm=chainermn.create_communicator('naive', MPI.COMM_SELF),
-                      device=chainer.get_device('@numpy'))
     args = ['model=' + model_file, 'data.root=' + str(root), 'out=' + str(tmp_path)] + TINY
-    result = evaluate(load_eval_config(SMOKE, args), runtime)
+    result = evaluate(load_eval_config(SMOKE, args), one_rank_runtime)
     assert result['n'] == len(rels) - 1 and result['skipped'] == 1
     assert str(root / rels[1]) in result['skipped_report']
     with pytest.raises(BadImageError, match=str(root / rels[1])):
-        evaluate(load_eval_config(SMOKE, args + ['data.on_bad_image=error']), runtime)
+        evaluate(load_eval_config(SMOKE, args + ['data.on_bad_image=error']), one_rank_runtime)
 
 
 def test_two_ranks_stop_with_one_message_on_a_missing_model(uneven_sop, tmp_path):

@@ -39,19 +39,15 @@ def test_probabilities_sum_to_one_in_order(small_sop, model_file, tmp_path):
     assert {name for _, name, _ in full(path).top} >= {'chair', 'coffee_maker'}
 
 
-def test_a_prediction_is_what_evaluate_counts(small_sop, model_file, tmp_path):
+def test_a_prediction_is_what_evaluate_counts(small_sop, model_file, tmp_path,
+                                              one_rank_runtime):
     """The probabilities of a file equal the model's softmax on the example that
     launch.evaluate's dataset makes of the same file (decoding, transform, mean)."""
     import chainer
-    import chainermn
-    from mpi4py import MPI
     from distributed.evaluate import load_eval_config, load_shard
-    from distributed.runtime import Runtime
     args = ['model=' + model_file, 'data.root=' + small_sop, 'out=' + str(tmp_path)] + TINY
     predictor = Predictor(load_predict_config(SMOKE, args))
-    runtime = Runtime(comm=chainermn.create_communicator('naive', MPI.COMM_SELF),
-                      device=chainer.get_device('@numpy'))
-    shard = load_shard(load_eval_config(SMOKE, args), runtime)
+    shard = load_shard(load_eval_config(SMOKE, args), one_rank_runtime)
     model = predictor.model
     for i, path in enumerate(some_images(small_sop, 3)):
         img, _ = shard[i]

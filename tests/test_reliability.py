@@ -19,7 +19,7 @@ import numpy
 import pytest
 from PIL import Image
 
-from launching import MPIEXEC, REPO
+from launching import MPIEXEC, REPO, descendants, process_tree
 
 ENV = dict(os.environ, OMP_NUM_THREADS='1', OPENBLAS_NUM_THREADS='1', MKL_NUM_THREADS='1')
 TINY = ['data.crop_size=32', 'data.scale_size=36', 'data.loader=serial', 'train.batch_size=4',
@@ -71,19 +71,8 @@ def wait_for(path, proc, timeout=240):
 def rank_pids(mpiexec_pid):
     """{rank: pid} of the ranks under ``mpiexec_pid``, from /proc: the rank variable the
     launcher put in each one's environment (Hydra's PMI_RANK, Open MPI's)."""
-    children = {}
-    for entry in os.listdir('/proc'):
-        if entry.isdigit():
-            try:
-                with open('/proc/{}/stat'.format(entry)) as f:
-                    parent = int(f.read().rsplit(')', 1)[1].split()[1])
-                children.setdefault(parent, []).append(int(entry))
-            except (OSError, ValueError, IndexError):
-                pass
-    ranks, todo = {}, [mpiexec_pid]
-    while todo:
-        pid = todo.pop()
-        todo += children.get(pid, [])
+    ranks = {}
+    for pid in descendants(process_tree(), mpiexec_pid):
         try:
             with open('/proc/{}/environ'.format(pid), 'rb') as f:
                 env = dict(v.split(b'=', 1) for v in f.read().split(b'\0') if b'=' in v)

@@ -10,23 +10,7 @@ import time
 import pytest
 import yaml
 
-from launching import MPIEXEC, REPO, TINY, run_launcher
-
-
-def process_tree():
-    """{pid: (parent pid, command line)} of every process now, from /proc."""
-    tree = {}
-    for entry in os.listdir('/proc'):
-        if entry.isdigit():
-            try:
-                with open('/proc/{}/stat'.format(entry)) as f:
-                    parent = int(f.read().rsplit(')', 1)[1].split()[1])
-                with open('/proc/{}/cmdline'.format(entry), 'rb') as f:
-                    command = f.read().replace(b'\0', b' ').decode(errors='replace')
-            except (OSError, ValueError, IndexError):
-                continue
-            tree[int(entry)] = (parent, command)
-    return tree
+from launching import MPIEXEC, REPO, TINY, descendants, process_tree, run_launcher
 
 
 def loader_workers(job):
@@ -35,12 +19,7 @@ def loader_workers(job):
     The ranks are the ``-m launch.train`` processes below it; a worker is a child of the
     forkserver that its rank started (the forkserver is the rank's child)."""
     tree = process_tree()
-    below, todo = set(), [job]
-    while todo:
-        pid = todo.pop()
-        below.add(pid)
-        todo += [child for child, (parent, _) in tree.items() if parent == pid]
-    ranks = [pid for pid in below - {job} if ' -m launch.train ' in tree[pid][1]]
+    ranks = [pid for pid in descendants(tree, job)[1:] if ' -m launch.train ' in tree[pid][1]]
     servers = {pid: rank for pid, (parent, command) in tree.items() for rank in ranks
                if parent == rank and 'multiprocessing.forkserver' in command}
     workers = {rank: set() for rank in ranks}
