@@ -173,6 +173,7 @@ def measure_training(config, runtime, model):
         optimizer.update(lossfun, x, t)
         sync()
         end = time.perf_counter()
+        runtime.watchdog.progress('benchmark iteration {}'.format(i + 1))
         if i >= config.warmup:
             rest = end - fetched
             rows.append({
@@ -374,10 +375,12 @@ def run_benchmark(config, runtime, progress=None):
     }
     say('gradient allreduce: {} rounds of each pattern'.format(config.allreduce_rounds))
     result.update(measure_allreduce(config, runtime, model))
+    runtime.watchdog.progress('the allreduce measurement')
     if config.pipeline_images:
         say('input pipeline: {} JPEGs, {} rounds of each path'.format(
             config.pipeline_images, config.pipeline_rounds))
         result.update(measure_pipeline(config, runtime, mean))
+    runtime.watchdog.stop()
     result.update({
         'machine': {'host': platform.node(), 'cpus': os.cpu_count(),
                     'processor': platform.processor() or platform.machine(),

@@ -19,7 +19,6 @@ import pickle
 import random
 import re
 import shutil
-import signal
 
 import chainer
 import numpy
@@ -29,7 +28,6 @@ from chainer.training import extensions
 FILENAME = 'snapshot_iter_{.updater.iteration}.npz'
 PATTERN = re.compile(r'^snapshot_iter_(\d+)\.npz$')
 RANK_STATE = re.compile(r'^ranks/\d+/state$')
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class CheckpointError(ValueError):
@@ -119,33 +117,6 @@ class _JobState:
             serializer['ranks'][str(r)]('state', blob)
 
 
-class StopSignal:
-    """Turns SIGTERM/SIGINT into a request to checkpoint and stop at the next iteration.
-
-    A second stop signal (either kind) ends the process at once, by that signal's default
-    action."""
-
-    def __init__(self):
-        self.signum = None
-        self._previous = {}
-
-    def install(self):
-        for signum in STOP_SIGNALS:
-            self._previous[signum] = signal.signal(signum, self._handle)
-
-    def uninstall(self):
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous = {}
-
-    def _handle(self, signum, frame):
-        if self.signum is not None:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        self.signum = signum
-
-
 class Checkpointer(chainer.training.Extension):
     """Every iteration: agree on a stop request, and checkpoint when due or stopping.
 
@@ -181,27 +152,35 @@ class Checkpointer(chainer.training.Extension):
                 if name.startswith('tmpsnapshot_iter_'):
                     shutil.rmtree(os.path.join(trainer.out, name), ignore_errors=True)
 
-    def due(self, trainer):
+    @staticmethod
+    def finished(trainer):
+        """Whether this is the run's last iteration."""
         updater = trainer.updater
         length, unit = trainer.stop_trigger.get_training_length()
-        done = updater.iteration >= length if unit == 'iteration' else (
+        return updater.iteration >= length if unit == 'iteration' else (
             updater.epoch_detail >= length)
-        return done or updater.is_new_epoch or bool(
-            self.interval and updater.iteration % self.interval == 0)
 
-    def stop_requested(self):
-        """True on every rank when any rank received a stop signal (one small allreduce)."""
+    def due(self, trainer):
+        return self.finished(trainer) or trainer.updater.is_new_epoch or bool(
+            self.interval and trainer.updater.iteration % self.interval == 0)
+
+    def stop_requested(self, trainer):
+        """True on every rank when any rank received a stop signal (one small allreduce).
+
+        At the run's last iteration a stop is not recorded: the run is complete anyway."""
         from mpi4py import MPI
         mine = self.stop_signal.signum or 0
         agreed = self.comm.mpi_comm.allreduce(mine, op=MPI.MAX)
-        if agreed and self.stopped_by is None:
+        if agreed and self.stopped_by is None and not self.finished(trainer):
             self.stopped_by = agreed
         return bool(agreed)
 
     def __call__(self, trainer):
-        stop = self.stop_requested()
-        if stop or self.due(trainer):
+        if self.stop_requested(trainer) or self.due(trainer):
             self.save(trainer)
+            # A signal that came while the checkpoint was written stops the job now, not
+            # after another iteration and a second checkpoint.
+            self.stop_requested(trainer)
 
     def save(self, trainer):
         if self._saved_at == trainer.updater.iteration:
@@ -236,13 +215,12 @@ class _StopOr:
         return self.trigger.get_training_length()
 
 
-def attach(trainer, comm, is_root, interval, keep):
-    """Add the checkpointer and signal-driven stop to ``trainer``; returns the checkpointer."""
-    stop_signal = StopSignal()
+def attach(trainer, comm, is_root, interval, keep, stop_signal):
+    """Add the checkpointer to ``trainer``, and the stop that ``stop_signal`` (an installed
+    ``liveness.StopSignal``) asks for; returns the checkpointer."""
     checkpointer = Checkpointer(comm, is_root, interval, keep, stop_signal)
     trainer.extend(checkpointer)
     trainer.stop_trigger = _StopOr(trainer.stop_trigger, checkpointer)
-    stop_signal.install()
     return checkpointer
 
 

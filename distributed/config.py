@@ -86,6 +86,11 @@ class TrainConfig:
     """Show a progress bar on rank 0."""
     dtype: str = 'float32'
     """'float32', or 'mixed16' (chainer's mixed precision with dynamic loss scaling; for GPUs)."""
+    stall_timeout: float = 600.0
+    """Seconds a rank may go without progress (an iteration, an evaluation batch) before it
+    prints its stacks and the job stops (0: never)."""
+    startup_timeout: float = 1800.0
+    """The same for start-up: from launch to the end of the first iteration (0: never)."""
 
 
 @dataclasses.dataclass
@@ -139,7 +144,8 @@ POSITIVE = ('data.crop_size', 'data.scale_size', 'data.workers', 'train.batch_si
             'train.epochs', 'train.eval_interval', 'checkpoint.keep')
 NON_NEGATIVE = ('optimizer.lr', 'optimizer.momentum', 'optimizer.weight_decay',
                 'optimizer.warmup_epochs', 'optimizer.decay_factor', 'train.eval_batch_size',
-                'train.log_interval', 'checkpoint.interval')
+                'train.log_interval', 'train.stall_timeout', 'train.startup_timeout',
+                'checkpoint.interval')
 
 
 def _convert(key, value, kind):

@@ -248,12 +248,18 @@ def evaluate(config, runtime):
     dataset = load_shard(config, runtime)
     model.to_device(runtime.device)
     batch_size = config.train.eval_batch_size or config.train.batch_size
-    progress = None
+    shown = None
     if runtime.is_root:
-        progress = Progress('evaluate {} (rank 0 of {})'.format(config.split, runtime.size),
-                            math.ceil(len(dataset) / batch_size))
+        shown = Progress('evaluate {} (rank 0 of {})'.format(config.split, runtime.size),
+                         math.ceil(len(dataset) / batch_size))
+
+    def progress(done):
+        runtime.watchdog.progress('evaluation batch {}'.format(done))
+        if shown:
+            shown(done)
     counts = count_shard(model, dataset, config, runtime.device, progress)
     result = summarize(allreduce_counts(counts, runtime.comm))
+    runtime.watchdog.stop()
     result['skipped'], result['skipped_report'] = unreadable_report((dataset,), runtime.comm)
     if runtime.is_root:
         write_results(result, config)

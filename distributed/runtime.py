@@ -1,6 +1,7 @@
 """Who am I: the communicator, rank, size, device and ``is_root``, decided once."""
 import dataclasses
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import socket
 import sys
@@ -13,7 +14,7 @@ import chainer
 import numpy
 
 import distributed
-from distributed import comm as comm_module, compat
+from distributed import comm as comm_module, compat, liveness
 
 GPU_COMMUNICATORS = ('pure_nccl', 'flat', 'non_cuda_aware')
 """ChainerMN communicators that move CuPy arrays (none of them runs on the CPU)."""
@@ -33,6 +34,10 @@ class Runtime:
     """The communicator's name (``comm.communicator`` with 'auto' resolved)."""
     nodes: int = 1
     """Machines the ranks run on."""
+    watchdog: liveness.Watchdog = dataclasses.field(
+        default_factory=lambda: liveness.Watchdog(0, 0))
+    """Ends this rank when it stops making progress (``train.stall_timeout``); the work
+    marks its progress on it (``liveness.Watchdog.progress``). Not watching by default."""
 
     @property
     def rank(self):
@@ -60,9 +65,13 @@ def _start_forkserver():
     # MultiprocessIterator workers must not be forked from a process that holds an MPI
     # context: start the forkserver before MPI is initialised (ChainerMN's advice).
     multiprocessing.set_start_method('forkserver', force=True)
-    p = multiprocessing.Process()
-    p.start()
-    p.join()
+    # The forkserver and the loader workers it forks ignore the stop signals: a launcher
+    # signals a rank's whole process group (Hydra) or every process of the job (SLURM),
+    # and a worker killed by it loses the batch its rank waits for. The rank decides;
+    # its workers end when its iterators are finalized, or when it is gone (their task
+    # pipe closes).
+    with liveness.children_ignore_stop_signals():
+        multiprocessing.forkserver.ensure_running()
 
 
 def probe_gpus():
@@ -245,8 +254,11 @@ def create_runtime(config):
 
     Every check runs on every rank and the outcome is shared, so a problem on one rank
     (a node with fewer GPUs) makes every rank raise the same ``StartupError`` instead of
-    leaving the others waiting in a collective.
+    leaving the others waiting in a collective. The rank's watchdog starts first, so that
+    an MPI start-up that never returns ends too (``train.startup_timeout``).
     """
+    watchdog = liveness.Watchdog(config.train.stall_timeout,
+                                 config.train.startup_timeout).start()
     if config.data.loader == 'multiprocess':
         _start_forkserver()
     # One rank raising an uncaught exception, in any thread, aborts every rank instead of
@@ -255,6 +267,7 @@ def create_runtime(config):
     threading.excepthook = _abort_on_uncaught_in_thread
     from mpi4py import MPI
     world = MPI.COMM_WORLD
+    watchdog.rank = world.rank
     node = world.Split_type(MPI.COMM_TYPE_SHARED)
     local_index = _local_index(node)
     nodes = world.allreduce(1 if node.rank == 0 else 0)
@@ -277,7 +290,8 @@ def create_runtime(config):
     except ValueError as e:
         raise StartupError('comm.communicator={}: {}'.format(name, e))
     device.use()
-    return Runtime(comm=comm, device=device, communicator=name, nodes=nodes)
+    return Runtime(comm=comm, device=device, communicator=name, nodes=nodes,
+                   watchdog=watchdog)
 
 
 def _version(name):

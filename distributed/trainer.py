@@ -9,7 +9,7 @@ import yaml
 from chainer.training import extensions
 import numpy
 
-from distributed import checkpoint
+from distributed import checkpoint, liveness
 from distributed.comm import loss_function
 from distributed.config import to_dict
 from distributed.data import unreadable_report
@@ -20,11 +20,14 @@ from distributed.runtime import InputConverter
 TRAIN_KEYS = ('main/loss', 'main/accuracy')
 
 
-def create_trainer(config, runtime, model, optimizer, train_iter, test_iter, schedule):
+def create_trainer(config, runtime, model, optimizer, train_iter, test_iter, schedule,
+                   stop_signal):
     """A ``chainer.training.Trainer`` whose reports show means over all ranks.
 
     Every rank registers the collective extensions (evaluation, aggregation); only rank 0
     registers the ones that print or write, so ``out`` holds exactly one copy of each file.
+    ``stop_signal`` (an installed ``liveness.StopSignal``) makes every rank stop after the
+    same iteration with a checkpoint written.
     """
     converter = InputConverter(mean_of(model))
     updater = chainer.training.StandardUpdater(
@@ -32,18 +35,32 @@ def create_trainer(config, runtime, model, optimizer, train_iter, test_iter, sch
         loss_func=loss_function(runtime.comm, model))
     trainer = chainer.training.Trainer(updater, (config.train.epochs, 'epoch'), out=config.out)
 
+    trainer.extend(progress_extension(runtime.watchdog))
     trainer.extend(schedule_extension(schedule))
     trainer.extend(MeanAcrossRanks(runtime.comm, TRAIN_KEYS, log_trigger(config.train)))
+    # Each evaluation batch is progress too: a long evaluation is not a stall.
+    evaluating = liveness.watch_calls(converter, runtime.watchdog, lambda: (
+        'an evaluation batch after iteration {}'.format(trainer.updater.iteration)))
     evaluator = extensions.Evaluator(test_iter, model, device=runtime.device,
-                                     converter=converter)
+                                     converter=evaluating)
     trainer.extend(chainermn.create_multi_node_evaluator(evaluator, runtime.comm),
                    trigger=evaluation_trigger(config.train), name='validation')
     if runtime.is_root:
         write_config(config, config.out)
         add_reports(trainer, config, model)
     checkpoint.attach(trainer, runtime.comm, runtime.is_root, config.checkpoint.interval,
-                      config.checkpoint.keep)
+                      config.checkpoint.keep, stop_signal)
     return trainer
+
+
+def progress_extension(watchdog):
+    """Marks each finished iteration as progress on the rank's stall ``watchdog``; it runs
+    before the iteration's other extensions (evaluation, checkpoint)."""
+    def mark(trainer):
+        watchdog.progress('iteration {}'.format(trainer.updater.iteration))
+    return chainer.training.make_extension(
+        trigger=(1, 'iteration'), priority=chainer.training.PRIORITY_WRITER + 1,
+        default_name='progress')(mark)
 
 
 def run(trainer, config, runtime, datasets):
@@ -64,14 +81,10 @@ def run(trainer, config, runtime, datasets):
         for line in checkpoint.settle(config.out, resumed):
             print(line, flush=True)
     checkpointer = trainer.get_extension('checkpointer')
-    try:
-        # Uncaught errors are reported by the launcher or the runtime's abort hook, once.
-        trainer.run(show_loop_exception_msg=False)
-        # Rank 0 may still be writing the last checkpoint; a signal meanwhile must not
-        # find the other ranks already without their handlers.
-        runtime.comm.mpi_comm.barrier()
-    finally:
-        checkpointer.stop_signal.uninstall()
+    # Uncaught errors are reported by the launcher or the runtime's abort hook, once.
+    trainer.run(show_loop_exception_msg=False)
+    runtime.comm.mpi_comm.barrier()  # rank 0 may still be writing the last checkpoint
+    runtime.watchdog.stop()
     skipped, report = unreadable_report(datasets, runtime.comm)
     summary = summarize(trainer, runtime, config)
     summary.update(stopped_by=checkpointer.stopped_by, checkpoint=checkpointer.last_path,

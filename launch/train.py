@@ -1,7 +1,8 @@
 """Train ResNet on SOP super-classes: ``[mpiexec -n N] python -m launch.train -c FILE k=v``.
 
 Exit codes: 0 done; 2 bad config, data or checkpoint (rank 0 says so); 3 an image that
-cannot be decoded with data.on_bad_image=error (the job is aborted); 128 + signal number
+cannot be decoded with data.on_bad_image=error (the job is aborted); 4 a rank made no
+progress for train.stall_timeout seconds (it prints its stacks); 128 + signal number
 (143 SIGTERM, 130 SIGINT) stopped by a signal after writing a checkpoint.
 """
 import sys
@@ -11,6 +12,7 @@ from distributed.checkpoint import CheckpointError, seed_random_state
 from distributed.config import ConfigError, load_config
 from distributed.data import create_datasets, create_iterators
 from distributed.data.sop import DataError
+from distributed.liveness import StopSignal
 from distributed.model import create_model
 from distributed.optim import create_optimizer, create_schedule
 from distributed.runtime import StartupError, create_runtime, describe_runtime
@@ -18,7 +20,7 @@ from distributed.trainer import create_trainer, describe, run
 from launch import cli
 
 
-def train(config):
+def train(config, stop_signal):
     runtime = create_runtime(config)
     if runtime.is_root:
         print(describe_runtime(runtime), flush=True)
@@ -31,20 +33,26 @@ def train(config):
     iters_per_epoch = len(train_set) / config.train.batch_size
     schedule = create_schedule(config, runtime.size, iters_per_epoch)
     optimizer = create_optimizer(config, model, runtime.comm, schedule)
-    trainer = create_trainer(config, runtime, model, optimizer, train_iter, test_iter, schedule)
+    trainer = create_trainer(config, runtime, model, optimizer, train_iter, test_iter, schedule,
+                             stop_signal)
     return runtime, run(trainer, config, runtime, (train_set, test_set))
 
 
 def main(argv=None):
     args = cli.parse_args(argv, __doc__, 'train.epochs=3 data.root=/data/SOP')
+    # From the start: a signal during start-up stops the job after its first iteration.
+    stop_signal = StopSignal()
+    stop_signal.install()
     try:
         config = load_config(args.config, args.overrides)
         if args.print_config:
             cli.print_config(config)
             return 0
-        runtime, summary = train(config)
+        runtime, summary = train(config, stop_signal)
     except (ConfigError, DataError, StartupError, CheckpointError) as e:
         return cli.fail(e)
+    finally:
+        stop_signal.uninstall()
     if runtime.is_root:
         print(describe(summary), file=sys.stderr if summary['stopped_by'] else sys.stdout)
     return 128 + summary['stopped_by'] if summary['stopped_by'] else 0

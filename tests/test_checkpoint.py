@@ -6,8 +6,6 @@ import errno
 import io
 import os
 import signal
-import subprocess
-import sys
 
 import distributed  # noqa: F401
 import chainer
@@ -19,7 +17,7 @@ import pytest
 from chainer.training import extensions
 
 from distributed import checkpoint
-from launching import REPO
+from distributed.liveness import STOP_SIGNALS, StopSignal
 
 
 class Net(chainer.Chain):
@@ -58,7 +56,9 @@ def make_trainer(out, iterations, interval=2, keep=3, seed=0):
     updater = chainer.training.StandardUpdater(it, optimizer)
     trainer = chainer.training.Trainer(updater, (iterations, 'iteration'), out=str(out))
     trainer.extend(extensions.LogReport(trigger=(1, 'iteration')))
-    checkpoint.attach(trainer, comm, comm.rank == 0, interval, keep)
+    stop_signal = StopSignal()
+    stop_signal.install()
+    checkpoint.attach(trainer, comm, comm.rank == 0, interval, keep, stop_signal)
     return trainer, comm
 
 
@@ -179,7 +179,7 @@ def test_a_signal_stops_after_a_checkpoint(tmp_path):
         pass
     previous = signal.signal(signal.SIGTERM, hosts_handler)
     try:
-        before = {s: signal.getsignal(s) for s in checkpoint.STOP_SIGNALS}
+        before = {s: signal.getsignal(s) for s in STOP_SIGNALS}
         trainer, _ = make_trainer(tmp_path, 1000, interval=0)
         checkpointer = trainer.get_extension('checkpointer')
 
@@ -188,38 +188,13 @@ def test_a_signal_stops_after_a_checkpoint(tmp_path):
                 os.kill(os.getpid(), signal.SIGTERM)
         trainer.extend(send_at_3, trigger=(1, 'iteration'))
         run(trainer)
-        after = {s: signal.getsignal(s) for s in checkpoint.STOP_SIGNALS}
+        after = {s: signal.getsignal(s) for s in STOP_SIGNALS}
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert checkpointer.stopped_by == signal.SIGTERM
     assert trainer.updater.iteration == 3
     assert checkpoint.find_latest(str(tmp_path)) == str(tmp_path / 'snapshot_iter_3.npz')
     assert after == before
-
-
-SIGNAL_TWICE = '''
-import os
-import signal
-import distributed
-from distributed.checkpoint import StopSignal
-signum = signal.{}
-StopSignal().install()
-os.kill(os.getpid(), signum)
-print('after the first', flush=True)
-os.kill(os.getpid(), signum)
-print('after the second', flush=True)
-'''
-
-
-@pytest.mark.parametrize('name', ['SIGTERM', 'SIGINT'])
-def test_a_second_signal_of_the_same_kind_ends_the_process_at_once(name):
-    # The first only asks for a checkpoint; a second (a user pressing Ctrl-C again, a
-    # scheduler insisting) ends the process by that signal, without waiting for one.
-    done = subprocess.run([sys.executable, '-c', SIGNAL_TWICE.format(name)], cwd=REPO,
-                          env=dict(os.environ, PYTHONPATH=REPO), capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == -getattr(signal, name), (done.returncode, done.stderr)
-    assert done.stdout == 'after the first\n', done.stdout
 
 
 def test_resume_with_a_foreign_file_is_a_clear_error(tmp_path):

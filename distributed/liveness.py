@@ -1,0 +1,184 @@
+"""A job ends, whatever happens to one of its ranks: stop signals and the stall watchdog.
+
+``StopSignal`` turns SIGTERM and SIGINT into a request that the ranks agree on at the end
+of an iteration (``checkpoint.Checkpointer``), so that a pre-empted job writes a checkpoint
+and exits with 128 + the signal number. ``Watchdog`` ends a rank that has made no progress
+for too long (a hung GPU or driver, a stuck network file system, a peer stopped or
+deadlocked, an MPI start-up that never returns): it writes the stacks of every thread
+with the rank and what it last did, and exits, and the launcher takes the rest of the job
+down, as it does for any rank that fails (PyTorch's process-group timeout and Horovod's
+stall check do the same for their collectives).
+"""
+import contextlib
+import faulthandler
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+"""The signals that ask a training job to checkpoint and stop (schedulers send SIGTERM,
+a terminal's Ctrl-C SIGINT)."""
+
+STALLED_EXIT = 4
+"""Exit status of a rank whose watchdog fired."""
+
+FALLBACK_GRACE_S = 30.0
+"""Seconds after the watchdog's deadline at which ``faulthandler`` ends the rank if the
+watchdog's own thread could not run (the stalled thread holds Python's interpreter lock)."""
+
+
+class StopSignal:
+    """Records the first SIGTERM/SIGINT instead of dying of it.
+
+    A second stop signal (either kind) ends the process at once, by that signal's
+    default action: a user pressing Ctrl-C again, or a scheduler insisting.
+    """
+
+    def __init__(self):
+        self.signum = None
+        self._previous = {}
+
+    def install(self):
+        for signum in STOP_SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def uninstall(self):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def children_ignore_stop_signals():
+    """Processes started in this block ignore the stop signals, and so do the processes
+    they fork: a disposition of 'ignore' survives fork and exec, a handler does not.
+
+    This process ignores them meanwhile too, so keep the block to a process spawn (a few
+    milliseconds): holding a signal back instead (blocking it) works only in a process
+    with one thread, and NumPy's BLAS and the watchdog have started others. Main thread
+    only.
+    """
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            if handler is not None:  # None: a handler installed by C code, left ignored
+                signal.signal(signum, handler)
+
+
+def rank_from_environment():
+    """This process's rank as the launcher set it ('?' when none did): MPI may not be
+    initialised yet when the watchdog needs to say who it is."""
+    for name in ('PMI_RANK', 'OMPI_COMM_WORLD_RANK', 'PMIX_RANK', 'SLURM_PROCID'):
+        if os.environ.get(name, '').isdigit():
+            return os.environ[name]
+    return '0' if 'PMI_FD' not in os.environ and 'PMI_PORT' not in os.environ else '?'
+
+
+class Watchdog:
+    """Ends this rank when it has made no progress for ``timeout`` seconds.
+
+    ``progress(what)`` marks progress (a training iteration, an evaluation batch) and says
+    what was done last. Until the first ``progress`` call the allowance is
+    ``startup_timeout``: MPI start-up, reading the index, the first batch and the first
+    iteration (on a GPU it compiles kernels). 0 disables either allowance.
+
+    When it fires, a thread of this process writes one line (rank, host, pid, what it did
+    last, for how long nothing happened) and every thread's stack to stderr, and exits
+    with ``STALLED_EXIT``. That thread needs Python's interpreter lock; should the stalled
+    thread hold it, ``faulthandler`` (which needs no lock) writes the stacks ``grace``
+    seconds later and exits with 1. A rank stopped outright (SIGSTOP) cannot
+    run either; its peers, waiting for it in a collective, make no progress either and
+    their watchdogs fire. Not a collective: each rank watches itself.
+    """
+
+    def __init__(self, timeout, startup_timeout, stream=None, grace=FALLBACK_GRACE_S):
+        self.timeout = float(timeout)
+        self.startup_timeout = float(startup_timeout)
+        self.grace = grace
+        self.rank = rank_from_environment()
+        self.stream = stream or sys.stderr
+        self._what = 'start-up'
+        self._last = time.monotonic()
+        self._started = False
+        self._wake = threading.Condition()
+        self._stopped = False
+        self._thread = None
+
+    def start(self):
+        """Begin watching (the start-up allowance counts from now)."""
+        if not (self.timeout or self.startup_timeout) or self._thread is not None:
+            return self
+        self._last = time.monotonic()
+        self._thread = threading.Thread(target=self._watch, name='stall-watchdog', daemon=True)
+        self._thread.start()
+        return self
+
+    def progress(self, what):
+        """Mark progress now; ``what`` says what was just done ('iteration 57'), or is a
+        function that says it, called only if the watchdog fires."""
+        self._what = what
+        self._last = time.monotonic()
+        if not self._started:  # from now on the allowance is ``timeout``: look again
+            with self._wake:
+                self._started = True
+                self._wake.notify()
+
+    def stop(self):
+        """Stop watching (the work it watched is over)."""
+        with self._wake:
+            self._stopped = True
+            self._wake.notify()
+        faulthandler.cancel_dump_traceback_later()
+
+    def allowance(self):
+        return self.timeout if self._started else self.startup_timeout
+
+    def _watch(self):
+        with self._wake:
+            while not self._stopped:
+                allowance = self.allowance()
+                if not allowance:  # this phase is not watched: look again later
+                    faulthandler.cancel_dump_traceback_later()
+                    self._wake.wait(1.0)
+                    continue
+                idle = time.monotonic() - self._last
+                if idle >= allowance:
+                    self._fire(idle)
+                # The fallback fires a grace period after this deadline unless re-armed
+                # here, which this thread does each time it wakes to a later deadline.
+                faulthandler.dump_traceback_later(
+                    allowance - idle + self.grace, exit=True, file=self.stream)
+                self._wake.wait(allowance - idle)
+
+    def _fire(self, idle):
+        self.stream.write(
+            'error: rank {} (pid {} on {}) made no progress for {:.0f} s (limit {:.0f} s, '
+            'train.{}); last done: {}. Stacks of its threads follow; stopping the job.\n'
+            .format(self.rank, os.getpid(), socket.gethostname(), idle, self.allowance(),
+                    'stall_timeout' if self._started else 'startup_timeout',
+                    self._what() if callable(self._what) else self._what))
+        self.stream.flush()
+        faulthandler.dump_traceback(file=self.stream, all_threads=True)
+        self.stream.flush()
+        os._exit(STALLED_EXIT)
+
+
+def watch_calls(function, watchdog, what):
+    """``function`` that marks progress on ``watchdog`` at each call (e.g. a converter
+    that the evaluator calls once per batch: each batch is progress)."""
+    def call(*args, **kwargs):
+        watchdog.progress(what)
+        return function(*args, **kwargs)
+    return call
