@@ -23,7 +23,6 @@ import chainer
 import numpy
 
 from distributed import config as config_module
-from distributed.data import fastimage
 from distributed.data.transforms import TrainTransform
 
 PIPELINE_SIZES = (300, 640)
@@ -258,8 +257,9 @@ def measure_allreduce(config, runtime, model):
     }
 
 
-def write_jpegs(folder, count, seed=0, sizes=PIPELINE_SIZES):
-    """``count`` photo-like JPEGs of SOP sizes (sides in ``sizes``), a few grayscale."""
+def write_jpegs(folder, count, seed=0, sizes=PIPELINE_SIZES, noise=12.0):
+    """``count`` photo-like JPEGs of SOP sizes (sides in ``sizes``), a few grayscale, with
+    per-pixel noise of standard deviation ``noise`` grey levels."""
     from PIL import Image
     rng = numpy.random.RandomState(seed)
     paths = []
@@ -269,7 +269,7 @@ def write_jpegs(folder, count, seed=0, sizes=PIPELINE_SIZES):
         phase = rng.uniform(0, 6.3, 3)
         channels = [127 + 100 * numpy.sin(x / rng.uniform(20, 80) + y / rng.uniform(20, 80)
                                           + p) for p in phase]
-        pixels = numpy.stack(channels, -1) + rng.normal(0, 12, (height, width, 1))
+        pixels = numpy.stack(channels, -1) + rng.normal(0, noise, (height, width, 1))
         image = Image.fromarray(numpy.clip(pixels, 0, 255).astype(numpy.uint8))
         if i % 8 == 7:
             image = image.convert('L')
@@ -277,6 +277,16 @@ def write_jpegs(folder, count, seed=0, sizes=PIPELINE_SIZES):
         image.save(path, quality=90)
         paths.append(path)
     return paths
+
+
+def decode_full(path):
+    """The whole JPEG decoded by Pillow to RGB uint8 HWC: the floor any full-size Pillow
+    reader pays (one decode and the one copy into an array; a conversion only for non-RGB
+    files)."""
+    from PIL import Image
+    with Image.open(path) as image:
+        rgb = image if image.mode == 'RGB' else image.convert('RGB')
+        return numpy.asarray(rgb)
 
 
 def chainercv_train_transform(path, crop_size, mean):
@@ -309,7 +319,7 @@ def measure_pipeline(config, runtime, mean):
         paths_of = {
             'baseline': lambda: [chainercv_train_transform(p, crop, mean) for p in paths],
             'product': lambda: [product((p, 0)) for p in paths],
-            'decode': lambda: [fastimage.decode_full(p) for p in paths],
+            'decode': lambda: [decode_full(p) for p in paths],
             'normalise': lambda: [converter(batch) for batch in batches],
         }
         samples = {name: [] for name in paths_of}

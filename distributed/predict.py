@@ -1,9 +1,9 @@
 """Classify image files with a trained model: the top-k super-classes and their probabilities.
 
 Each image is decoded and transformed as ``launch.evaluate`` and training's evaluation do it
-(``Tolerant(ValTransform)``: any mode, alpha dropped), so a prediction here is what
-``launch.evaluate`` counts. A file that is missing or does not decode is answered
-with a message naming it; the other files are still classified.
+(``ValTransform`` on the file, read by ``data.images`` as a viewer shows it), so a
+prediction here is what ``launch.evaluate`` counts. A file that is missing or does not
+decode is answered with a message naming it; the other files are still classified.
 """
 import dataclasses
 
@@ -12,7 +12,7 @@ import numpy
 
 from distributed.config import Config, ConfigError, build, validate
 from distributed.data import sop
-from distributed.data.safe_images import Tolerant, UnreadableImage
+from distributed.data.images import UnreadableImage
 from distributed.data.transforms import ValTransform
 from distributed.evaluate import WeightsModelConfig, expand_shorthand, load_model
 from distributed.model import mean_of
@@ -53,7 +53,7 @@ class Predictor:
         self.device = select_device(config.device, 0, 1)
         self.model = load_model(config)
         self.model.to_device(self.device)
-        self.transform = Tolerant(ValTransform(config.data.crop_size, config.data.scale_size))
+        self.transform = ValTransform(config.data.crop_size, config.data.scale_size)
         self.converter = InputConverter(mean_of(self.model))
         self.top_k = config.top_k
 

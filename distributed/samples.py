@@ -10,12 +10,9 @@ import hashlib
 import os
 import random
 
-import numpy
-from chainercv.transforms import resize
-
 from distributed.config import Config, ConfigError, build, validate
 from distributed.data import sop
-from distributed.data.safe_images import UnreadableImage, read_rgb
+from distributed.data.images import UnreadableImage, open_image
 
 PER_ROW = 5
 SIDE = 200
@@ -63,8 +60,7 @@ def sample_grid(dataset, n, seed, title, path, names=sop.SUPER_CLASS_NAMES):
         ax.set_axis_off()
         titles.append('{}:{}'.format(int(label), names[int(label)]))
         try:
-            img = resize(read_rgb(image_path), (SIDE, SIDE)).transpose(1, 2, 0)
-            ax.imshow(numpy.clip(img, 0, 255).astype(numpy.uint8))
+            ax.imshow(open_image(image_path).region(None, (SIDE, SIDE)))
         except UnreadableImage:
             titles[-1] += ' (unreadable)'
             ax.text(0.5, 0.5, os.path.basename(image_path) + '\ndoes not decode', ha='center',

@@ -5,7 +5,7 @@ import numpy
 from chainer.datasets import TransformDataset
 
 from distributed.data import sop
-from distributed.data.safe_images import SkipUnreadable, Tolerant, gather_skipped
+from distributed.data.safe_images import SkipUnreadable, gather_skipped
 from distributed.data.transforms import TrainTransform, ValTransform
 
 
@@ -25,7 +25,7 @@ def create_datasets(config, runtime):
 def decoded(pairs, transform, config, rank, substitute=True):
     """(file path, label) ``pairs`` as ``transform``'s uint8 images: any file that decodes
     is used, the others are handled as ``data.on_bad_image`` says (see ``safe_images``)."""
-    return SkipUnreadable(TransformDataset(pairs, Tolerant(transform)),
+    return SkipUnreadable(TransformDataset(pairs, transform),
                           config.data.on_bad_image, rank, substitute)
 
 

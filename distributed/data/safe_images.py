@@ -1,9 +1,9 @@
-"""Images that may be broken: decode whatever decodes, name and skip (or stop on) the rest.
+"""Images that may be broken: name and skip (or stop on) those that do not decode.
 
-A real photo folder holds grayscale, CMYK and palette JPEGs, PNG bytes behind a .JPG name,
-images with an alpha channel and thumbnails smaller than the crop; all of these are used, as
-RGB. A file that cannot be decoded at all (truncated, empty, not an image) is never trained
-on and never crashes a loader worker: with ``on_bad_image: skip`` it is reported by name and
+Every file is read by ``images`` (the product's one reader), which uses whatever a viewer
+shows; a file that cannot be decoded at all (truncated, empty, not an image, a format the
+product does not open) raises ``images.UnreadableImage``. Such a file is never trained on
+and never crashes a loader worker: with ``on_bad_image: skip`` it is reported by name and
 the next readable sample takes its place; with ``error`` the job stops naming the file.
 
 Loader workers are separate processes, so each rank's skipped files are appended to a small
@@ -16,21 +16,8 @@ import tempfile
 import uuid
 
 import chainer
-import numpy
-from chainercv import transforms, utils
-from PIL import Image
 
-# random_sized_crop keeps as little as 8% of the area; below this side a crop can be empty.
-MIN_SIDE = 16
-
-
-class UnreadableImage(Exception):
-    """A listed image file that cannot be decoded."""
-
-    def __init__(self, path, reason):
-        super().__init__(path, reason)
-        self.path = path
-        self.reason = reason
+from distributed.data.images import UnreadableImage
 
 
 class BadImageError(RuntimeError):
@@ -39,49 +26,6 @@ class BadImageError(RuntimeError):
     exit_code = 3
     """Met by one rank (or its loader's thread) while the others wait in a collective, it
     ends the whole job with this code (``runtime.abort``)."""
-
-
-def read_rgb(path):
-    """The image at ``path`` as a float32 CHW RGB array, whatever its mode or format."""
-    try:
-        return utils.read_image(path, color=True)
-    except Exception:
-        # chainercv refuses an alpha channel unless told what to do with it, and PIL can
-        # read some modes only through an explicit conversion: try that before giving up.
-        pass
-    try:
-        with Image.open(path) as image:
-            rgb = numpy.asarray(image.convert('RGB'), dtype=numpy.float32)
-    except Exception as e:
-        if isinstance(e, OSError) and e.strerror:
-            reason = e.strerror  # 'No such file or directory': the path is named already
-        else:
-            reason = '{}: {}'.format(type(e).__name__, e) if str(e) else type(e).__name__
-        raise UnreadableImage(path, reason)
-    return rgb.transpose(2, 0, 1).copy()
-
-
-class Tolerant:
-    """A transform of ``(file path, label)`` that copes with any image that decodes.
-
-    The fast path (``fastimage``, used by the transforms for paths) handles ordinary files;
-    when it refuses one (an odd mode, a thumbnail too small to crop), the file is decoded
-    in full as RGB, enlarged if tiny, and given to the same transform as an array. A file
-    that cannot be decoded at all raises ``UnreadableImage`` naming it."""
-
-    def __init__(self, transform):
-        self.transform = transform
-
-    def __call__(self, in_data):
-        path, label = in_data
-        try:
-            return self.transform(in_data)
-        except Exception:
-            pass
-        img = read_rgb(path)
-        if min(img.shape[1:]) < MIN_SIDE:
-            img = transforms.scale(img, MIN_SIDE, fit_short=True)
-        return self.transform((img, label))
 
 
 class SkipUnreadable(chainer.dataset.DatasetMixin):

@@ -42,13 +42,19 @@ def test_images_normalised_by_the_converter_match_chainercvs_path(jpegs):
         numpy.testing.assert_allclose(product[0], reference, atol=0.5 + 1e-4)
 
 
-def test_train_draws_the_same_crop_and_flip_as_chainercv(jpegs):
+@pytest.fixture(scope='module')
+def smooth_jpegs(tmp_path_factory):
+    return write_jpegs(str(tmp_path_factory.mktemp('smooth')), 8, seed=3, noise=0)
+
+
+def test_train_draws_the_same_crop_and_flip_as_chainercv(smooth_jpegs):
     # Same seed, same random-number use: the crop box and the flip are chainercv's, so
-    # the images agree up to resampling (uint8 rounding, reduced-size JPEG decoding).
-    transform = TrainTransform(48)
+    # the images agree up to resampling (uint8 rounding, reduced-size JPEG decoding; on
+    # smooth pictures, so that aliasing in either resize does not hide a shifted box).
+    transform = TrainTransform(224)
     flips = []
     for seed in range(40):
-        path = jpegs[seed % len(jpegs)]
+        path = smooth_jpegs[seed % len(smooth_jpegs)]
         random.seed(seed)
         fast, _ = transform((path, 0))
         after_fast = random.random()
@@ -56,7 +62,7 @@ def test_train_draws_the_same_crop_and_flip_as_chainercv(jpegs):
         slow, _ = transform((read_image(path), 0))
         assert random.random() == after_fast
         fast, slow = fast.astype(numpy.float32), slow.astype(numpy.float32)
-        assert numpy.abs(fast - slow).mean() < 4.0
+        assert numpy.abs(fast - slow).mean() < 1.5
         mirrored = numpy.abs(fast[:, :, ::-1] - slow).mean()
         flips.append(numpy.abs(fast - slow).mean() < mirrored)
     assert all(flips)
@@ -94,13 +100,15 @@ def test_train_crops_cover_the_scale_range(jpegs, ramp):
     assert 150 < mirrored < 250
 
 
-def test_val_equals_chainercv(jpegs):
-    transform = ValTransform(56, 64)
-    for path in jpegs:
+def test_val_equals_chainercv(smooth_jpegs):
+    # The recipe's sizes: a one-pixel shift of the crop would cost several grey levels.
+    transform = ValTransform(224, 256)
+    for path in smooth_jpegs:
         fast, _ = transform((path, 1))
         slow, _ = transform((read_image(path), 1))
-        assert fast.shape == slow.shape == (3, 56, 56) and fast.dtype == slow.dtype == numpy.uint8
-        assert numpy.abs(fast.astype(int) - slow.astype(int)).max() <= 2
+        assert fast.shape == slow.shape == (3, 224, 224)
+        assert fast.dtype == slow.dtype == numpy.uint8
+        assert numpy.abs(fast.astype(int) - slow.astype(int)).mean() < 1.0
 
 
 @pytest.fixture
