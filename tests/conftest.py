@@ -1,5 +1,7 @@
 """Shared fixtures: a small SOP-format tree and the MPI world."""
 import os
+import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -21,6 +23,18 @@ def small_sop(tmp_path_factory):
     from distributed.data.minisop import make_minisop
     return make_minisop(str(tmp_path_factory.mktemp('sop') / 'Stanford_Online_Products'),
                         products_per_class=2)
+
+
+@pytest.fixture(scope='session')
+def tiny_sop(tmp_path_factory):
+    """A tiny SOP tree: 12 super-classes x 2 products x 2 images of 40-60 px, 12 train
+    images per rank at 2 ranks, made by the real command."""
+    from launching import REPO
+    root = tmp_path_factory.mktemp('tiny') / 'sop'
+    subprocess.run([sys.executable, '-m', 'launch.make_minisop', '--products-per-class', '2',
+                    '--images-per-product', '2', '2', '--size-range', '40', '60', str(root)],
+                   cwd=REPO, check=True, capture_output=True)
+    return root
 
 
 @pytest.fixture

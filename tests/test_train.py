@@ -19,7 +19,10 @@ def loader_workers(job):
     The ranks are the ``-m launch.train`` processes below it; a worker is a child of the
     forkserver that its rank started (the forkserver is the rank's child)."""
     tree = process_tree()
-    ranks = [pid for pid in descendants(tree, job)[1:] if ' -m launch.train ' in tree[pid][1]]
+    # A rank's child between its fork and its exec (the forkserver, Python's resource
+    # tracker) still shows the rank's command line for a moment: a rank's parent is not one.
+    ranks = [pid for pid in descendants(tree, job)[1:] if ' -m launch.train ' in tree[pid][1]
+             and ' -m launch.train ' not in tree.get(tree[pid][0], (0, ''))[1]]
     servers = {pid: rank for pid, (parent, command) in tree.items() for rank in ranks
                if parent == rank and 'multiprocessing.forkserver' in command}
     workers = {rank: set() for rank in ranks}
