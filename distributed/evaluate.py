@@ -17,7 +17,7 @@ import chainermn
 import numpy
 
 from distributed.config import Config, ConfigError, ModelConfig, build, validate
-from distributed.data import decoded, read_on_root, sop, unreadable_report
+from distributed.data import decoded, read_on_root, sop, split_empty, unreadable_report
 from distributed.data.transforms import ValTransform
 from distributed.model import create_model, mean_of
 from distributed.runtime import InputConverter
@@ -180,7 +180,8 @@ def plot_confusion(confusion, path, names=sop.SUPER_CLASS_NAMES, title='confusio
 def load_shard(config, runtime):
     """This rank's part of ``config.split``, decoded as training's evaluation decodes it;
     shards differ in length by at most one image."""
-    dataset, = read_on_root(config, runtime, (config.split,))
+    dataset, = read_on_root(config, runtime, (config.split,), lambda root, datasets: split_empty(
+        root, config.split, len(datasets[0]), 'launch.evaluate'))
     # Equal-length shards would repeat images and change the counts.
     shard = chainermn.scatter_dataset(dataset, runtime.comm, force_equal_length=False)
     # An undecodable file becomes None and is not counted (data.on_bad_image=skip).

@@ -1,4 +1,6 @@
 """Data: SOP splits read on rank 0, scattered across ranks, transformed, iterated."""
+import os
+
 import chainer
 import chainermn
 import numpy
@@ -35,18 +37,25 @@ def scatter_splits(config, runtime):
     The train split is shuffled and scattered in disjoint shards of equal length, the test
     split in order.
     """
-    train, test = read_on_root(config, runtime, ('train', 'test'))
+    def too_small(root, datasets):
+        train, test = (len(d) for d in datasets)
+        return (train_too_small(root, train, runtime.size, config.train.batch_size)
+                or split_empty(root, 'test', test, 'evaluation during training'))
+
+    train, test = read_on_root(config, runtime, ('train', 'test'), too_small)
     if runtime.is_root:
         train = equal_shards(train, runtime.size, config.train.seed)
     return (chainermn.scatter_dataset(train, runtime.comm),
             chainermn.scatter_dataset(test, runtime.comm))
 
 
-def read_on_root(config, runtime, splits):
+def read_on_root(config, runtime, splits, too_small=None):
     """The SOP ``splits`` of ``data.root`` on rank 0 (None on the other ranks); collective.
 
-    Rank 0 checks the tree first; when it is unusable every rank raises the same
-    ``DataError``, so no rank is left waiting. Examples are (file path, label) pairs.
+    Rank 0 checks the tree first, and then ``too_small(root, datasets)`` (an error message
+    or None) whether the splits can serve the job; when either fails every rank raises
+    the same ``DataError``, so no rank is left waiting. Examples are (file path, label)
+    pairs.
     """
     root = sop.resolve_root(config.data.root)  # on every rank: minisop is made where needed
     datasets = [None] * len(splits)
@@ -55,10 +64,36 @@ def read_on_root(config, runtime, splits):
         error = sop.check_tree(root)
         if not error:
             datasets = [sop.load_split(root, split) for split in splits]
+            error = too_small(root, datasets) if too_small else None
     error = runtime.comm.mpi_comm.bcast(error, root=0)
     if error:
         raise sop.DataError(error)
     return datasets
+
+
+def train_too_small(root, images, ranks, batch_size):
+    """Why a train split of ``images`` cannot give each of ``ranks`` ranks one batch of
+    ``batch_size`` (a message with the numbers and what to change), or None."""
+    per_rank = images // ranks
+    if per_rank >= batch_size:
+        return None
+    fixes = []
+    if per_rank >= 1:
+        fixes.append('set train.batch_size to at most {}'.format(per_rank))
+    if images >= batch_size:
+        fixes.append('run on at most {} rank(s)'.format(images // batch_size))
+    fixes.append('add images to {}'.format(os.path.join(root, sop.INDEX_FILES['train'])))
+    return ('the train split of {} has {} images: {} per rank on {} ranks, fewer than one '
+            'batch (train.batch_size={}); {}'.format(
+                root, images, per_rank, ranks, batch_size, ', or '.join(fixes)))
+
+
+def split_empty(root, split, images, purpose):
+    """Why a ``split`` of ``images`` images cannot serve ``purpose``, or None."""
+    if images:
+        return None
+    return ('the {} split of {} has no images, so {} cannot run; list images in {}'.format(
+        split, root, purpose, os.path.join(root, sop.INDEX_FILES[split])))
 
 
 def equal_shards(dataset, size, seed):

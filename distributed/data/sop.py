@@ -1,7 +1,9 @@
 """The Stanford Online Products (SOP) format: label names, index files, validation."""
+import codecs
 import os
 
 import chainer
+import numpy
 
 # The 12 super-classes in SOP order (super_class_id 1..12). chainercv's
 # online_products_super_label_names misspells two of them ('chainer', 'coffe_maker').
@@ -33,28 +35,83 @@ def resolve_root(root):
 
 
 def read_index(root, split):
-    """``[(class_id, super_class_id, path)]`` of an index file (ids 0-based)."""
+    """``[(class_id, super_class_id, path)]`` of an index file (ids 0-based, ``path``
+    relative to ``root``, as written); raises ``DataError`` naming the line to change.
+
+    An index is read as a text editor shows it: UTF-8 with or without a byte-order mark,
+    UTF-16 with one (Notepad's "Unicode"), LF, CRLF or CR line endings, a missing final
+    newline, blank lines anywhere, tabs or several spaces between fields, whitespace at
+    either end of a line, and a header line in any case. A line that is not UTF-8 names
+    the file whose name has its bytes, or else the file the Windows-1252 reading names
+    (the legacy encoding an editor would show it in). A path may contain spaces: it is
+    the rest of the line after the third field.
+    """
     path = os.path.join(root, INDEX_FILES[split])
-    with open(path) as f:
-        lines = f.read().splitlines()
-    if not lines or lines[0].split() != INDEX_HEADER.split():
-        raise DataError('{} does not start with the SOP header line {!r}; is this an SOP '
-                        'index file?'.format(path, INDEX_HEADER))
+    with open(path, 'rb') as f:
+        lines = _text_lines(f.read())
+    numbered = [(n, line.strip()) for n, line in enumerate(lines, start=1) if line.strip()]
+    header = numbered[0][1] if numbered else ''
+    if isinstance(header, bytes):
+        header = header.decode('cp1252', 'replace')
+    if not _is_header(header):
+        first = repr(header[:60]) if numbered else 'nothing'
+        if ',' in header:
+            raise DataError('{} separates its fields with commas (a spreadsheet\'s CSV?); '
+                            'save it as text with spaces or tabs between the fields'.format(
+                                path))
+        raise DataError('{} does not start with the SOP header line {!r} (its first line '
+                        'holds {}); add that line at the top if this is an SOP index '
+                        'file'.format(path, INDEX_HEADER, first))
     rows = []
-    for number, line in enumerate(lines[1:], start=2):
-        fields = line.split()
-        if not fields:
-            continue
+    for number, line in numbered[1:]:
+        if isinstance(line, bytes):
+            line = _legacy_line(root, line)
+        fields = line.split(None, 3)
         try:
             _, class_id, super_id, rel = fields
             rows.append((int(class_id) - 1, int(super_id) - 1, rel))
         except ValueError:
-            raise DataError('{} line {}: expected "image_id class_id super_class_id path", '
-                            'got {!r}'.format(path, number, line))
+            raise DataError('{} line {}: expected "image_id class_id super_class_id path" '
+                            '(three whole numbers, then the image path), got {!r}; fix or '
+                            'delete that line'.format(path, number, line))
         if not 0 <= rows[-1][1] < len(SUPER_CLASS_NAMES):
             raise DataError('{} line {}: super_class_id {} is outside 1..{}'.format(
                 path, number, super_id, len(SUPER_CLASS_NAMES)))
     return rows
+
+
+def _text_lines(raw):
+    """The lines of an index file's bytes: str where they decode, bytes where a line is
+    not UTF-8 (resolved by ``_legacy_line``)."""
+    for bom, codec in ((codecs.BOM_UTF16_LE, 'utf-16'), (codecs.BOM_UTF16_BE, 'utf-16'),
+                       (codecs.BOM_UTF8, 'utf-8-sig')):
+        if raw.startswith(bom):
+            if codec == 'utf-8-sig':
+                raw = raw[len(bom):]
+                break
+            return raw.decode(codec).splitlines()
+    lines = []
+    for line in raw.splitlines():
+        try:
+            lines.append(line.decode('utf-8'))
+        except UnicodeDecodeError:
+            lines.append(line)
+    return lines
+
+
+def _legacy_line(root, line):
+    """A non-UTF-8 index line as text: its bytes kept as they are (POSIX file names are
+    bytes) when they name a file under ``root``, else read as Windows-1252."""
+    kept = line.decode('utf-8', 'surrogateescape')
+    legacy = line.decode('cp1252', 'replace')
+    fields = kept.split(None, 3)
+    if len(fields) == 4 and os.path.isfile(os.path.join(root, fields[3])):
+        return kept
+    return legacy
+
+
+def _is_header(line):
+    return [field.lower() for field in line.split()] == INDEX_HEADER.split()
 
 
 def check_tree(root):
@@ -75,15 +132,24 @@ def check_tree(root):
     except DataError as e:
         return str(e)
     if missing:
+        hint = ''
+        if any(not rel.isascii() for rel in missing):
+            hint = (' Paths with characters beyond ASCII must be spelt as the file names '
+                    'are: save the index files as UTF-8 (an editor may have saved them in '
+                    'a legacy encoding such as Windows-1252).')
         return ('{} images listed in the index files of {} are missing, e.g. {}. Restore '
-                'them (unzip SOP again) or fix the index files.'.format(
-                    len(missing), root, ', '.join(missing[:10])))
+                'them (unzip SOP again) or fix the index files.{}'.format(
+                    len(missing), root, ', '.join(missing[:10]), hint))
     return None
 
 
 def load_split(root, split):
-    """chainercv's ``OnlineProductsDataset`` as (image file path, super_label) pairs: the
-    transforms decode only what they need (``safe_images``, ``fastimage``)."""
-    from chainercv.datasets import OnlineProductsDataset
-    dataset = OnlineProductsDataset(root, split=split)
-    return chainer.datasets.TupleDataset(dataset.paths, dataset.super_class_ids)
+    """The split as (image file path, super_label) pairs, a ``TupleDataset``: paths joined
+    to ``root``, labels int32 0-based; what chainercv's ``OnlineProductsDataset`` reads
+    from a well-formed index, which its reader cannot do from an index with blank lines,
+    non-UTF-8 bytes or spaces in paths (``read_index``). The transforms decode the files.
+    """
+    rows = read_index(root, split)
+    paths = [os.path.join(root, rel) for _, _, rel in rows]
+    labels = numpy.array([super_id for _, super_id, _ in rows], numpy.int32)
+    return chainer.datasets.TupleDataset(paths, labels)

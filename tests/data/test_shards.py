@@ -22,7 +22,8 @@ def test_equal_shards_cut_to_a_multiple_and_keep_every_item_once():
 def test_train_shards_are_disjoint_equal_and_cover_the_split(small_sop, world):
     comm = chainermn.create_communicator('naive')
     runtime = Runtime(comm=comm, device=None)
-    config = load_config(None, ['data.root=' + small_sop, 'data.loader=serial'])
+    config = load_config(None, ['data.root=' + small_sop, 'data.loader=serial',
+                                'train.batch_size=4'])
     train, test = scatter_splits(config, runtime)
     mine = [train[i][0] for i in range(len(train))]
     shards = comm.gather_obj(mine)
