@@ -8,13 +8,16 @@ Three measurements, each next to its baseline from the same run:
   raw mpi4py ``Allreduce`` of the same bytes (one flat buffer, and one call per array) and
   against ChainerMN's stock ``naive`` communicator, rounds interleaved;
 - input pipeline (per core): chainercv's default path (decode to float32, random-sized
-  crop, resize, flip, mean) against the product's ``TrainTransform`` on file paths, and a
-  bare full-size decode of the same JPEGs, rounds interleaved.
+  crop, resize, flip, mean) against the product's ``TrainTransform`` on file paths, and
+  bare full-size decodes of the same JPEGs by Pillow and by the product's decoder
+  (simplejpeg), rounds interleaved; and how far the product's output is from Pillow's
+  antialiased resize of the same crop box, in grey levels.
 """
 import dataclasses
 import math
 import os
 import platform
+import random
 import shutil
 import tempfile
 import time
@@ -27,6 +30,8 @@ from distributed.data.transforms import TrainTransform
 
 PIPELINE_SIZES = (300, 640)
 """Side range of the generated JPEGs: the sizes of Stanford Online Products photos."""
+SOP_MEAN_JPEG_KB = 2.9e6 / 120053
+"""SOP's mean file size in KB: 2.9 GB of JPEGs for 120,053 images."""
 
 
 @dataclasses.dataclass
@@ -53,6 +58,9 @@ class BenchConfig:
     """Passes over those JPEGs per path, interleaved."""
     pipeline_crop: int = 224
     """Output side of the input-pipeline comparison."""
+    pipeline_noise: float = 1.0
+    """Per-pixel noise of the generated JPEGs, in grey levels: 1 makes them weigh about
+    what SOP's photos weigh (24 KB on average); 12 makes them four times heavier."""
     device: str = 'auto'
     """'auto', 'cpu' or a GPU id, as in training."""
     seed: int = 0
@@ -72,6 +80,9 @@ def load_bench_config(path=None, overrides=()):
         if getattr(config, key) <= 0:
             raise config_module.ConfigError('{} must be positive, not {!r}'.format(
                 key, getattr(config, key)))
+    if config.pipeline_noise < 0:
+        raise config_module.ConfigError('pipeline_noise must be 0 or more, not {!r}'.format(
+            config.pipeline_noise))
     if config.pipeline_images < 0:
         raise config_module.ConfigError('pipeline_images must be 0 or more, not {!r}'.format(
             config.pipeline_images))
@@ -279,6 +290,35 @@ def write_jpegs(folder, count, seed=0, sizes=PIPELINE_SIZES, noise=12.0):
     return paths
 
 
+def decode_fast(path):
+    """The whole JPEG decoded by simplejpeg, the product's decoder, to RGB uint8 HWC: the
+    floor of the product's path (reading the file and one full-size decode)."""
+    import simplejpeg
+    with open(path, 'rb') as f:
+        return simplejpeg.decode_jpeg(f.read(), colorspace='RGB')
+
+
+def pipeline_diff_grey(paths, crop, seed):
+    """Mean absolute difference, in grey levels, of the product's ``crop`` x ``crop`` RGB
+    output from Pillow's antialiased bilinear resize of the same box of the same picture,
+    over random-sized crop boxes drawn as training draws them (one per file)."""
+    from PIL import Image
+    from distributed.data import fastimage, images
+    state = random.getstate()
+    random.seed(seed)
+    diffs = []
+    for path in paths:
+        picture = images.open_image(path)
+        box = fastimage.train_box(picture.height, picture.width)
+        product = picture.region(box, (crop, crop)).astype(numpy.float32)
+        with Image.open(path) as image:
+            reference = numpy.asarray(image.convert('RGB').resize(
+                (crop, crop), Image.BILINEAR, box=box), numpy.float32)
+        diffs.append(float(numpy.abs(product - reference).mean()))
+    random.setstate(state)
+    return float(numpy.mean(diffs))
+
+
 def decode_full(path):
     """The whole JPEG decoded by Pillow to RGB uint8 HWC: the floor any full-size Pillow
     reader pays (one decode and the one copy into an array; a conversion only for non-RGB
@@ -311,8 +351,11 @@ def measure_pipeline(config, runtime, mean):
     from distributed.runtime import InputConverter
     folder = tempfile.mkdtemp(prefix='bench_jpegs_')
     try:
-        paths = write_jpegs(folder, config.pipeline_images, config.seed + runtime.rank)
+        paths = write_jpegs(folder, config.pipeline_images, config.seed + runtime.rank,
+                            noise=config.pipeline_noise)
+        kilobytes = numpy.mean([os.path.getsize(p) for p in paths]) / 1e3
         crop = config.pipeline_crop
+        diff = pipeline_diff_grey(paths, crop, config.seed + runtime.rank)
         product = TrainTransform(crop)
         converter = InputConverter(mean)
         batches = [[product((p, 0)) for p in paths[i:i + 32]] for i in range(0, len(paths), 32)]
@@ -320,6 +363,7 @@ def measure_pipeline(config, runtime, mean):
             'baseline': lambda: [chainercv_train_transform(p, crop, mean) for p in paths],
             'product': lambda: [product((p, 0)) for p in paths],
             'decode': lambda: [decode_full(p) for p in paths],
+            'decode_fast': lambda: [decode_fast(p) for p in paths],
             'normalise': lambda: [converter(batch) for batch in batches],
         }
         samples = {name: [] for name in paths_of}
@@ -341,6 +385,9 @@ def measure_pipeline(config, runtime, mean):
         'pipeline_speedup': rate['product'] / rate['baseline'],
         'decode_img_per_sec': rate['decode'],
         'pipeline_vs_decode': rate['product'] / rate['decode'],
+        'decode_fast_img_per_sec': rate['decode_fast'],
+        'pipeline_vs_decode_fast': rate['product'] / rate['decode_fast'],
+        'pipeline_diff_grey': mpi_comm.allreduce(diff) / mpi_comm.size,
         'normalise_img_per_sec': rate['normalise'],
         'pipeline_cpu_normalised_img_per_sec': cpu_rate,
         'pipeline_cpu_normalised_speedup': cpu_rate / rate['baseline'],
@@ -348,6 +395,7 @@ def measure_pipeline(config, runtime, mean):
         'cores_for_3000_img_per_sec': math.ceil(3000 / rate['product']),
         'pipeline_crop': crop,
         'pipeline_images': len(paths),
+        'pipeline_jpeg_kb': mpi_comm.allreduce(float(kilobytes)) / mpi_comm.size,
     }
 
 
@@ -430,11 +478,14 @@ def format_table(result):
         lines.append('  pure_nccl float16 {:.1f} ms'.format(result['allreduce_fp16_s'] * ms))
     if 'pipeline_img_per_sec' in result:
         lines += [
-            'Input pipeline, {pipeline_crop} px crops of {pipeline_images} SOP-sized JPEGs, '
-            'img/s per core:'.format(**result),
+            'Input pipeline, {pipeline_crop} px crops of {pipeline_images} SOP-sized JPEGs '
+            '({pipeline_jpeg_kb:.0f} KB on average), img/s per core:'.format(**result),
             '  product {pipeline_img_per_sec:.0f} | chainercv default '
             '{pipeline_baseline_img_per_sec:.0f} ({pipeline_speedup:.2f}x) | bare full-size '
-            'decode {decode_img_per_sec:.0f} ({pipeline_vs_decode:.2f}x)'.format(**result),
+            'decode: Pillow {decode_img_per_sec:.0f} ({pipeline_vs_decode:.2f}x), simplejpeg '
+            '{decode_fast_img_per_sec:.0f} ({pipeline_vs_decode_fast:.2f}x)'.format(**result),
+            '  the product\'s output differs from Pillow\'s antialiased resize of the same box '
+            'by {pipeline_diff_grey:.2f} grey levels (mean absolute)'.format(**result),
             '  the product leaves uint8 images; its batched float conversion and mean run on '
             'the device at {normalise_img_per_sec:.0f} img/s per CPU core, so with a CPU as the '
             'device: {pipeline_cpu_normalised_img_per_sec:.0f} '
@@ -505,8 +556,9 @@ def breakdown_plot(results, png):
         paths = {'chainercv default': last['pipeline_baseline_img_per_sec'],
                  'product (uint8 out)': last['pipeline_img_per_sec'],
                  'product + normalising on a CPU': last['pipeline_cpu_normalised_img_per_sec'],
-                 'bare full-size decode': last['decode_img_per_sec']}
-        right.barh(list(paths), list(paths.values()), color=['gray', 'C0', 'C9', 'C7'])
+                 'bare full-size decode, Pillow': last['decode_img_per_sec'],
+                 'bare full-size decode, simplejpeg': last['decode_fast_img_per_sec']}
+        right.barh(list(paths), list(paths.values()), color=['gray', 'C0', 'C9', 'C7', 'C8'])
         right.set_xlabel('images/s per core, {} px crops'.format(last['pipeline_crop']))
     else:
         right.set_axis_off()

@@ -13,7 +13,8 @@ TINY = ['crop_size=32', 'batch_size=2', 'iterations=2', 'warmup=1', 'allreduce_r
         'pipeline_images=3', 'pipeline_rounds=1', 'pipeline_crop=32', 'device=cpu']
 KEYS = ('images_per_sec', 'ranks', 'allreduce_s', 'allreduce_raw_s', 'allreduce_ratio',
         'pipeline_img_per_sec', 'pipeline_baseline_img_per_sec', 'pipeline_speedup',
-        'decode_img_per_sec')
+        'decode_img_per_sec', 'decode_fast_img_per_sec', 'pipeline_diff_grey',
+        'pipeline_jpeg_kb')
 
 
 @pytest.mark.parametrize('ranks', [1, 2])
@@ -47,7 +48,11 @@ def test_benchmark_writes_every_number(tmp_path, ranks):
     assert 'waiting for the slowest rank' in done.stdout
     assert result['pipeline_speedup'] == pytest.approx(
         result['pipeline_img_per_sec'] / result['pipeline_baseline_img_per_sec'])
-    assert result['decode_img_per_sec'] > 0
+    assert result['decode_img_per_sec'] > 0 and result['decode_fast_img_per_sec'] > 0
+    assert result['pipeline_vs_decode_fast'] == pytest.approx(
+        result['pipeline_img_per_sec'] / result['decode_fast_img_per_sec'])
+    assert 0 < result['pipeline_diff_grey'] < 20
+    assert 'simplejpeg' in done.stdout and 'grey levels' in done.stdout
 
 
 def test_benchmark_rejects_bad_keys(tmp_path):
@@ -68,6 +73,7 @@ def _result(ranks, images_per_sec, pipeline=True):
     if pipeline:
         result.update(pipeline_img_per_sec=500.0, pipeline_baseline_img_per_sec=300.0,
                       pipeline_cpu_normalised_img_per_sec=470.0, decode_img_per_sec=650.0,
+                      decode_fast_img_per_sec=700.0,
                       pipeline_crop=224)
     return result
 
@@ -95,3 +101,15 @@ def test_scaling_script_runs_every_rank_count_and_draws(tmp_path):
     assert rows == ['1', '2'], done.stdout
     for name in ('n1/benchmark.json', 'n2/benchmark.json', 'scaling.png', 'breakdown.png'):
         assert (tmp_path / name).exists(), name
+
+
+def test_pipeline_difference_is_small_on_smooth_pictures_and_sees_a_shift(tmp_path, monkeypatch):
+    from distributed import bench
+    from distributed.data import images
+    paths = bench.write_jpegs(str(tmp_path), 6, seed=1, noise=0)
+    assert bench.pipeline_diff_grey(paths, 224, seed=0) < 1.0
+    # A product that took its box two pixels to the right would show.
+    region = images.Picture.region
+    monkeypatch.setattr(images.Picture, 'region', lambda self, box, size: region(
+        self, (box[0] + 2, box[1], box[2] + 2, box[3]), size))
+    assert bench.pipeline_diff_grey(paths, 224, seed=0) > 1.0

@@ -11,6 +11,7 @@ float conversion and the mean subtraction happen once per batch, on the device
 (``runtime.InputConverter``), and a batch crosses from loader processes and to the GPU
 in a quarter of float32's bytes.
 """
+import cv2
 import numpy
 from chainercv import transforms
 
@@ -24,10 +25,11 @@ that can be an empty crop."""
 
 def to_chw(pixels, x_flip=False):
     """(H, W, 3) uint8 ``pixels`` as a contiguous (3, H, W) uint8 array, mirrored if
-    ``x_flip``: one copy."""
+    ``x_flip``."""
     if x_flip:
-        pixels = pixels[:, ::-1]
-    return numpy.ascontiguousarray(pixels.transpose(2, 0, 1))
+        pixels = cv2.flip(pixels, 1)
+    # OpenCV's channel split and one stack copy faster than NumPy's strided transpose.
+    return numpy.stack(cv2.split(pixels))
 
 
 def train_box(height, width):
