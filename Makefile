@@ -35,12 +35,14 @@ test: lint
 	timeout 900 $(MPIEXEC) -n 2 $(BIN)/python -m pytest -m mpi -p no:cacheprovider -q tests
 
 # .whl/ for scripts/gpu_check.sh on a GPU machine without internet (Python 3.12, x86_64):
-# chainer and chainercv as pure-Python wheels, and what such a machine may lack (~45 MB).
+# chainer and chainercv as pure-Python wheels, and what such a machine may lack (~46 MB;
+# it has opencv-python-headless, the image path's other library).
 gpu-wheels: setup
 	$(BIN)/python scripts/build_wheels.py --requirements requirements.txt --dest .whl
 	$(BIN)/python -m pip download --quiet --only-binary :all: --python-version 3.12 \
 		--platform manylinux2014_x86_64 -d .whl \
-		pyyaml pillow matplotlib filelock protobuf typing_extensions six pytest
+		pyyaml pillow matplotlib filelock protobuf typing_extensions six pytest \
+		$$(grep -E '^simplejpeg' requirements.txt)
 
 clean:
 	rm -rf $(VENV) .whl

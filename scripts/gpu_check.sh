@@ -4,8 +4,9 @@
 # Expects Python 3.12 with CuPy, NumPy, mpi4py (and torch for the baseline) installed, and
 # the wheels built by scripts/build_wheels.py in .whl/ (README, "GPU clusters"): chainer and
 # chainercv, plus any of pyyaml, pillow, matplotlib, filelock, protobuf, typing_extensions,
-# six and pytest that the machine lacks. It makes a venv that sees the system packages,
-# installs into it only what is missing, from .whl/ alone, and then:
+# six, pytest, simplejpeg and opencv-python-headless that the machine lacks. It makes a venv
+# that sees the system packages, installs into it only what is missing, from .whl/ alone,
+# and then:
 #   1. pytest -m gpu          the GPU-marked tests (tests/test_gpu.py)
 #   2. launch.train device=0  a short training on the embedded default, float32 and mixed16
 #   3. launch.benchmark       ResNet-50 training img/s on one GPU, beside PyTorch's
@@ -61,7 +62,8 @@ for pinned in chainer==7.8.1 chainercv==0.13.1; do
 done
 # import name:distribution, for what chainer 7.8.1, chainercv, the product and the tests need
 for pair in yaml:pyyaml PIL:pillow matplotlib:matplotlib filelock:filelock \
-            google.protobuf:protobuf typing_extensions:typing_extensions six:six pytest:pytest; do
+            google.protobuf:protobuf typing_extensions:typing_extensions six:six pytest:pytest \
+            simplejpeg:simplejpeg cv2:opencv-python-headless; do
   "$PY" -c "import ${pair%%:*}" 2>/dev/null && continue
   "${pip[@]}" "${pair##*:}" \
     || die "${pair##*:} is missing and not in $WHEELS; fetch it where there is internet: pip download --only-binary :all: --python-version 3.12 --platform manylinux2014_x86_64 -d .whl ${pair##*:}"
