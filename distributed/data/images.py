@@ -123,11 +123,6 @@ class Picture:
             width, height = height, width
         self.height, self.width = height, width
 
-    @property
-    def format(self):
-        """Pillow's name of the file's format ('JPEG', 'PNG', ...)."""
-        return self._image.format
-
     def region(self, box=None, size=None):
         """``box`` (x0, y0, x1, y1 in upright full-size pixels; None: the whole picture)
         resized to ``size`` (height, width; None: not resized), as a (height, width, 3)
@@ -142,7 +137,10 @@ class Picture:
                     return self._rgb(self._region_simplejpeg(box, out))
                 except ValueError:
                     pass  # simplejpeg refuses this JPEG (12-bit, damaged...): Pillow may not
-            pixels = _to_8bit_rgb(ImageOps.exif_transpose(self._image), self._image.info)
+            image = self._image
+            if self._orientation != 1:
+                image = ImageOps.exif_transpose(image)
+            pixels = _to_8bit_rgb(image, self._image.info)
             return self._rgb(_crop_resize(numpy.asarray(pixels), box, 1, out))
         except UnreadableImage:
             raise
