@@ -97,3 +97,48 @@ def read_until(proc, text, timeout=240):
                         text, seen.decode(errors='replace') + finish(proc)[1]))
                 seen += chunk
     return seen.decode(errors='replace')
+
+
+class Processes:
+    """Every process seen under a job while it runs (``look`` adds what is there now),
+    so that what is left of it after it ended can be named."""
+
+    def __init__(self, proc):
+        self.proc = proc
+        self.seen = {}
+
+    def look(self):
+        tree = process_tree()
+        for pid in descendants(tree, self.proc.pid)[1:]:
+            self.seen.setdefault(pid, tree[pid][1])
+        return tree
+
+    def left(self, grace=5.0):
+        """{pid: command line} of the seen processes still running ``grace`` seconds after
+        the job's end (zombies, reaped by nobody yet, do not count)."""
+        end = time.monotonic() + grace
+        while True:
+            alive = {pid: command for pid, command in self.seen.items() if running(pid)}
+            if not alive or time.monotonic() > end:
+                return alive
+            time.sleep(0.2)
+
+
+def running(pid):
+    try:
+        with open('/proc/{}/stat'.format(pid)) as f:
+            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except OSError:
+        return False
+
+
+def poll_until(proc, condition, processes=None, timeout=240, every=0.02):
+    """Call ``condition()`` every ``every`` seconds until it is true; fail (showing the
+    output) if the job ends first or ``timeout`` passes."""
+    end = time.monotonic() + timeout
+    while not condition():
+        if processes:
+            processes.look()
+        if proc.poll() is not None or time.monotonic() > end:
+            pytest.fail('the awaited moment never came:\n{}'.format(finish(proc)[1]))
+        time.sleep(every)

@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 
+import numpy
 import pytest
 
 from launching import REPO
@@ -171,3 +172,114 @@ def test_loader_workers_outlive_the_jobs_signals_and_end_when_finalized(tmp_path
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
         'alive after SIGTERM 2', 'batches 20', 'alive after finalize 0'], done.stdout
+
+
+# Jobs of 2 ranks with the default loader (worker processes), through the real launcher.
+LOADER = ['data.loader=multiprocess', 'data.workers=1']
+
+
+def workers_per_rank(processes):
+    """The most loader workers (forkserver children) any rank has now."""
+    tree = processes.look()
+    servers = [pid for pid, (_, command) in tree.items() if pid in processes.seen
+               and 'multiprocessing.forkserver' in command
+               and 'forkserver' not in tree.get(tree[pid][0], (0, ''))[1]]
+    return max([sum(1 for parent, _ in tree.values() if parent == server)
+                for server in servers] or [0])
+
+
+def checkpoint_named(output):
+    return output.split('; checkpoint ')[1].split(';')[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('phase, signum, target', [
+    ('start-up', signal.SIGTERM, 'mpiexec'),
+    ('training', signal.SIGINT, 'rank 1'),
+    # As SLURM delivers it: to every process of the job, loader workers included.
+    ('training', signal.SIGTERM, 'every process'),
+    # As Hydra delivers it: to the rank's process group (its loader workers are in it).
+    ('evaluation', signal.SIGTERM, 'rank 0 group'),
+    ('checkpoint write', signal.SIGTERM, 'mpiexec'),
+])
+def test_a_signal_in_any_phase_stops_the_job_with_one_checkpoint(
+        phase, signum, target, tiny_sop, tmp_path, record_property):
+    from jobs import (DEADLINE, Processes, assert_stopped_by, finish, poll_until, rank_pids,
+                      read_until, train)
+    out = tmp_path / 'out'
+    overrides = LOADER + ['train.epochs=30', 'checkpoint.interval=2']
+    if phase == 'evaluation':
+        # Every epoch, one image per batch: evaluations take a while and start visibly,
+        # when the test iterator's pool forks its worker.
+        overrides += ['train.eval_batch_size=1']
+    proc = train(tiny_sop, out, *overrides)
+    processes = Processes(proc)
+    head = ''
+    if phase == 'start-up':
+        head = read_until(proc, 'runtime:')  # MPI is up; data, model, loader still to come
+    elif phase == 'training':
+        poll_until(proc, lambda: (out / 'snapshot_iter_2.npz').exists(), processes)
+    elif phase == 'evaluation':
+        poll_until(proc, lambda: workers_per_rank(processes) >= 2, processes, every=0.05)
+    else:
+        poll_until(proc, lambda: out.exists() and any(
+            p.name.startswith('tmpsnapshot') for p in out.iterdir()), processes, every=0.01)
+    processes.look()
+    ranks = rank_pids(proc.pid)
+    sent = time.monotonic()
+    if target == 'mpiexec':
+        os.kill(proc.pid, signum)
+    elif target == 'every process':
+        for pid in processes.seen:
+            os.kill(pid, signum)
+    elif target.endswith('group'):
+        os.killpg(os.getpgid(ranks[int(target.split()[1])]), signum)
+    else:
+        os.kill(ranks[int(target.split()[1])], signum)
+    code, output = finish(proc, timeout=DEADLINE * 2)
+    output = head + output
+    seconds = time.monotonic() - sent
+    record_property(phase, (code, round(seconds, 1)))
+    assert_stopped_by(signum, code, output)
+    assert seconds < DEADLINE, output
+    assert output.count('stopped by') == 1 and 'Traceback' not in output, output
+    # The checkpoint named is complete: a later resume starts from it.
+    named = checkpoint_named(output)
+    stopped_at = int(output.split(' at iteration ')[-1].split(';')[0])
+    assert named.endswith('snapshot_iter_{}.npz'.format(stopped_at)), output
+    with numpy.load(named) as archive:
+        assert int(archive['updater/iteration']) == stopped_at
+    assert not [p for p in out.iterdir() if p.name.startswith('tmp')]
+    if phase == 'start-up':
+        assert stopped_at == 1, output   # the first iteration ends start-up
+    assert processes.left() == {}, 'processes of the job left behind'
+
+
+@pytest.mark.slow
+def test_a_stopped_rank_ends_the_job_with_the_stacks_of_the_others(tiny_sop, tmp_path,
+                                                                   record_property):
+    # A rank that stops making progress without dying (a hung driver, a stuck file system;
+    # here SIGSTOP): the other rank waits in a collective until its watchdog fires.
+    from jobs import DEADLINE, Processes, finish, poll_until, rank_pids, train
+    out = tmp_path / 'out'
+    timeout = 20
+    proc = train(tiny_sop, out, *LOADER, 'train.epochs=100', 'checkpoint.interval=2',
+                 'train.stall_timeout={}'.format(timeout))
+    processes = Processes(proc)
+    poll_until(proc, lambda: (out / 'snapshot_iter_2.npz').exists(), processes)
+    processes.look()
+    stopped = rank_pids(proc.pid)[1]
+    sent = time.monotonic()
+    os.kill(stopped, signal.SIGSTOP)
+    code, output = finish(proc, timeout=timeout + DEADLINE + 60)
+    seconds = time.monotonic() - sent
+    record_property('sigstop', (code, round(seconds, 1)))
+    assert code != 0, output
+    if 'MPI: MPICH' in output:
+        assert code == 4, output
+    assert seconds < timeout + DEADLINE, output
+    assert 'rank 0 (pid' in output and 'made no progress for' in output, output
+    assert 'last done: iteration' in output or 'last done: an evaluation batch' in output
+    assert 'Stacks of its threads follow' in output and 'most recent call first' in output
+    assert 'File "' in output.split('Stacks of its threads follow')[1]
+    assert processes.left() == {}, 'processes of the job left behind'
