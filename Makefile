@@ -1,5 +1,5 @@
 # The README's two commands: `make train` and `make test`. Each sets up what it needs.
-#   PYTHON  interpreter for the virtual environment (3.11 or newer)
+#   PYTHON  interpreter for the virtual environment (3.11, 3.12 or 3.13)
 #   VENV    where the virtual environment lives
 #   MPI     pypi: MPICH + mpi4py wheels from PyPI | system: mpi4py built on the site's MPI
 #   NP      ranks for `make train`

@@ -11,11 +11,13 @@ MPI=${3:-pypi}
 die() { echo "setup: $*" >&2; exit 1; }
 
 command -v "$PYTHON" >/dev/null 2>&1 \
-  || die "no Python interpreter '$PYTHON'. Install Python 3.11 or 3.12, or name one: make PYTHON=/path/to/python3.12"
+  || die "no Python interpreter '$PYTHON'. Install Python 3.11, 3.12 or 3.13, or name one: make PYTHON=/path/to/python3.12"
 "$PYTHON" - <<'PY' || die "$("$PYTHON" -c 'import sys; print(sys.version.split()[0])') is too old: this project needs Python 3.11 or newer. Name a newer interpreter: make PYTHON=python3.12"
 import sys
 sys.exit(0 if sys.version_info >= (3, 11) else 1)
 PY
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] > (3, 13))' \
+  || echo "setup: warning: $("$PYTHON" --version 2>&1) is newer than the Pythons this project is tested on (3.11-3.13)" >&2
 command -v "${CC:-cc}" >/dev/null 2>&1 \
   || die "no C compiler ('${CC:-cc}' not found); pip needs one for packages without wheels. Install gcc (Debian/Ubuntu: apt-get install build-essential) or set CC."
 case "$MPI" in
