@@ -283,3 +283,21 @@ def test_a_stopped_rank_ends_the_job_with_the_stacks_of_the_others(tiny_sop, tmp
     assert 'Stacks of its threads follow' in output and 'most recent call first' in output
     assert 'File "' in output.split('Stacks of its threads follow')[1]
     assert processes.left() == {}, 'processes of the job left behind'
+
+
+@pytest.mark.parametrize('at, stopped', [(5, None), (3, signal.SIGTERM)])
+def test_a_signal_at_the_last_iteration_leaves_a_finished_run_finished(tmp_path, at, stopped):
+    # At the last iteration the run is complete: it ends as finished (exit 0), not as
+    # stopped by the signal (it was reported as stopped, with exit 143).
+    from test_checkpoint import make_trainer, run
+    trainer, _ = make_trainer(tmp_path, 5, interval=0)
+
+    def signal_at(trainer):
+        if trainer.updater.iteration == at:
+            os.kill(os.getpid(), signal.SIGTERM)
+    trainer.extend(signal_at, trigger=(1, 'iteration'))
+    run(trainer)
+    checkpointer = trainer.get_extension('checkpointer')
+    assert checkpointer.stopped_by == stopped
+    assert trainer.updater.iteration == at
+    assert (tmp_path / 'snapshot_iter_{}.npz'.format(at)).exists()
