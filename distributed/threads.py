@@ -6,7 +6,8 @@ waits on the others: 2 ranks on 2 cores trained at 7.9 img/s against 36.5 with o
 each (BENCHMARKS.md). Unless the user has chosen (``OMP_NUM_THREADS`` and friends), each
 rank gets its share of the cores it may run on: ``cores // ranks on this node``, at least
 one. The launcher's environment says how many ranks share the node; without one (a plain
-``python``), the process is alone and keeps every core. The environment is left as it was
+``python``, or a process that a SLURM batch script runs itself), the process is alone and
+keeps every core. The environment is left as it was
 found, so processes this one starts choose for themselves.
 """
 import os
@@ -19,16 +20,38 @@ LOCAL_RANKS_VARIABLES = (
     'MPI_LOCALNRANKS',             # MPICH and Intel MPI (Hydra)
     'OMPI_COMM_WORLD_LOCAL_SIZE',  # Open MPI
     'MV2_COMM_WORLD_LOCAL_SIZE',   # MVAPICH2
-    'SLURM_NTASKS_PER_NODE',       # srun with --ntasks-per-node
 )
+
+SLURM_TASKS_VARIABLES = ('SLURM_STEP_TASKS_PER_NODE', 'SLURM_TASKS_PER_NODE')
+"""srun's tasks on each node of the job step, in SLURM's compressed form ('2(x3),1': 2 on
+each of the first three nodes, then 1), indexed by SLURM_NODEID. Read in a step only
+(SLURM_STEP_ID): a batch script's own processes see the job's counts there, yet are alone.
+Not SLURM_NTASKS_PER_NODE, the job's request, which a step of fewer tasks does not change."""
+
+
+def tasks_per_node(value):
+    """[2, 2, 2, 1] from SLURM's '2(x3),1'."""
+    counts = []
+    for part in value.split(','):
+        count, _, repeat = part.partition('(x')
+        counts += [int(count)] * int(repeat.rstrip(')') or 1)
+    return counts
 
 
 def local_ranks(environ):
     """Ranks on this node according to the launcher's environment (1 when none says)."""
     for name in LOCAL_RANKS_VARIABLES:
-        value = environ.get(name, '').split('(')[0].split(',')[0]
+        value = environ.get(name, '')
         if value.isdigit() and int(value) > 0:
             return int(value)
+    if 'SLURM_STEP_ID' in environ:
+        for name in SLURM_TASKS_VARIABLES:
+            try:
+                count = tasks_per_node(environ[name])[int(environ.get('SLURM_NODEID', 0))]
+            except (KeyError, ValueError, IndexError):
+                continue
+            if count > 0:
+                return count
     return 1
 
 

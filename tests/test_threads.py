@@ -38,11 +38,38 @@ def test_each_rank_gets_its_share_of_the_cores():
     env = {'OMPI_COMM_WORLD_LOCAL_SIZE': '8'}
     threads.choose(env, cores=4)
     assert env['OMP_NUM_THREADS'] == '1'  # never zero
-    env = {'SLURM_NTASKS_PER_NODE': '2(x3)'}
-    threads.choose(env, cores=8)
-    assert env['OMP_NUM_THREADS'] == '4'
     env = {}
     threads.choose(env, cores=8)  # no launcher: alone on the node
+    assert env['OMP_NUM_THREADS'] == '8'
+
+
+def test_srun_tasks_on_this_node_come_from_the_steps_compressed_counts():
+    # srun -n 9 over 3 nodes: 4, 4 and 1 tasks. SLURM_NODEID picks this node's count.
+    step = {'SLURM_STEP_ID': '0', 'SLURM_STEP_TASKS_PER_NODE': '4(x2),1',
+            'SLURM_TASKS_PER_NODE': '4(x2),1', 'SLURM_NTASKS_PER_NODE': '4'}
+    for node, ranks, share in (('0', 4, '4'), ('1', 4, '4'), ('2', 1, '16')):
+        env = dict(step, SLURM_NODEID=node)
+        line = threads.choose(env, cores=16)
+        assert env['OMP_NUM_THREADS'] == share, (node, line)
+        assert '16 cores / {} rank(s) on this node'.format(ranks) in line
+    assert threads.tasks_per_node('2(x3),1') == [2, 2, 2, 1]
+    assert threads.tasks_per_node('3,1(x2)') == [3, 1, 1]
+    # A step of 1 task in a job of --ntasks-per-node=2: the step's count, not the job's.
+    env = {'SLURM_STEP_ID': '1', 'SLURM_STEP_TASKS_PER_NODE': '1', 'SLURM_NODEID': '0',
+           'SLURM_NTASKS_PER_NODE': '2'}
+    threads.choose(env, cores=8)
+    assert env['OMP_NUM_THREADS'] == '8'
+    # Without SLURM_STEP_TASKS_PER_NODE (older srun), the step's SLURM_TASKS_PER_NODE.
+    env = {'SLURM_STEP_ID': '0', 'SLURM_TASKS_PER_NODE': '2', 'SLURM_NODEID': '0'}
+    threads.choose(env, cores=8)
+    assert env['OMP_NUM_THREADS'] == '4'
+    # The batch script's own process (no step): alone, whatever the job's counts say.
+    env = {'SLURM_TASKS_PER_NODE': '2', 'SLURM_NTASKS_PER_NODE': '2', 'SLURM_NODEID': '0'}
+    threads.choose(env, cores=8)
+    assert env['OMP_NUM_THREADS'] == '8'
+    # An MPI launcher's own count comes first (mpiexec inside an allocation).
+    env = dict(step, SLURM_NODEID='0', MPI_LOCALNRANKS='2')
+    threads.choose(env, cores=16)
     assert env['OMP_NUM_THREADS'] == '8'
 
 
@@ -54,7 +81,8 @@ def test_the_users_choice_is_kept():
 
 def _probe(ranks, **extra):
     env = {k: v for k, v in os.environ.items()
-           if k not in threads.THREAD_VARIABLES + threads.LOCAL_RANKS_VARIABLES}
+           if k not in threads.THREAD_VARIABLES + threads.LOCAL_RANKS_VARIABLES
+           and not k.startswith('SLURM_')}
     env.update(PYTHONPATH=REPO, **extra)
     command = [sys.executable, '-c', PROBE]
     if ranks > 1:
