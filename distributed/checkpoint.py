@@ -4,30 +4,57 @@ One file per checkpoint, ``snapshot_iter_<N>.npz`` in ``out``, written by rank 0
 chainer's ``extensions.snapshot`` (it writes into a temporary folder inside ``out`` and
 renames, so a crash mid-write leaves the previous checkpoints intact; ``n_retains`` keeps the
 newest ``checkpoint.keep``). The file is a regular trainer snapshot (model, optimizer with its
-momentum, updater iteration, extension states such as LogReport's log and the triggers) plus,
-under ``ranks/<r>/state``, what differs between ranks: the training iterator position and
-order, the shuffling and augmentation random states and the BatchNorm statistics. Ranks send
-that to rank 0 with one gather; on resume rank 0 reads the file and broadcasts it, so ranks
-need no shared filesystem.
+momentum, updater iteration, extension states such as LogReport's log and the triggers) plus:
 
-The lr schedule is a pure function of the updater's iteration, so it resumes with it.
+- ``ranks/<r>/...``: what differs between ranks, as arrays: the training iterator's
+  position and order, the shuffling and augmentation random states and the BatchNorm
+  statistics. Ranks send that to rank 0 with one gather; on resume rank 0 reads the file
+  and broadcasts it, so ranks need no shared filesystem.
+- ``meta/record``: what the checkpoint means, as JSON text: the resolved config, the rank
+  count and a fingerprint of the train split (``describe_run``). A resume compares it with
+  its own run and refuses the changes in ``REFUSED``.
+- ``meta/none``: the keys whose value is None (JSON). chainer's writer would store each as
+  an object array, which only pickle reads.
+
+Nothing in the file is pickled, and it is read with ``allow_pickle=False`` (``weights``):
+no checkpoint can run code. The lr schedule is a pure function of the updater's
+iteration, so it resumes with it.
 """
-import functools
+import hashlib
 import io
+import json
 import os
-import pickle
 import random
 import re
 import shutil
+import zipfile
 
 import chainer
 import numpy
 from chainer.serializers import npz
 from chainer.training import extensions
 
+from distributed import weights
+from distributed.config import to_dict
+from distributed.data import sop
+
 FILENAME = 'snapshot_iter_{.updater.iteration}.npz'
 PATTERN = re.compile(r'^snapshot_iter_(\d+)\.npz$')
-RANK_STATE = re.compile(r'^ranks/\d+/state$')
+FORMAT = 2
+"""The checkpoint layout (1: rank states pickled, before ``meta/record``)."""
+REFUSED = {
+    'model.arch': 'the network: the weights and the momentum are its layers',
+    'train.batch_size': 'the iterator positions, the iterations per epoch and with them '
+                        'the lr schedule are counted in batches of it',
+    'train.seed': 'it decides which images each rank\'s shard holds, which the saved '
+                  'iterator orders index',
+    'train.dtype': 'float32 and mixed16 keep different optimizer state (float32 master '
+                   'weights, a loss scale)',
+}
+"""Config keys whose change alters what a checkpoint means, and why; a resume with another
+value is refused. The rank count and the train split's content are refused too; any other
+key may change on resume (more epochs, another lr or schedule, intervals, data.root moved
+with the same content, loader, communicator, device, ...) and is printed."""
 
 
 class CheckpointError(ValueError):
@@ -71,50 +98,180 @@ def _model(trainer):
 
 
 def rank_state(trainer):
-    """What this rank alone knows: iterator, random states, BatchNorm statistics."""
+    """What this rank alone knows, as ``{name: array, number or None}``: the training
+    iterator (chainer's serialization of it), the random states (python's and numpy's
+    global generators, the shuffling generator) and the BatchNorm statistics."""
     iterator = _training_iterator(trainer)
-    it_state = npz.serialize(iterator)
-    sampler = getattr(iterator, 'order_sampler', None)
-    sampler_rng = getattr(sampler, '_random', None)
+    state = {'iterator/' + key: value for key, value in npz.serialize(iterator).items()}
+    sampler_rng = getattr(getattr(iterator, 'order_sampler', None), '_random', None)
+    if sampler_rng is not None:
+        state.update(_numpy_rng_state('order_rng', sampler_rng))
+    state.update(_numpy_rng_state('numpy_rng', numpy.random))
+    version, internal, gauss_next = random.getstate()
+    state.update({'python_rng/version': version,
+                  'python_rng/internal': numpy.array(internal, numpy.int64),
+                  'python_rng/gauss_next': gauss_next})
     model = _model(trainer)
     # Persistent values only (BatchNorm statistics differ per rank); weights are shared.
-    model_state = {
-        '/'.join(filter(None, (path.strip('/'), name))): numpy.asarray(
-            chainer.backend.CpuDevice().send(getattr(link, name)))
-        for path, link in model.namedlinks() for name in link._persistent
-        if getattr(link, name) is not None}
-    return {
-        'iterator': it_state,
-        'order_rng': sampler_rng.get_state() if sampler_rng is not None else None,
-        'python_rng': random.getstate(),
-        'numpy_rng': numpy.random.get_state(),
-        'persistent': model_state,
-    }
+    for path, link in model.namedlinks():
+        for name in link._persistent:
+            if getattr(link, name) is not None:
+                key = '/'.join(filter(None, ('persistent', path.strip('/'), name)))
+                state[key] = numpy.asarray(
+                    chainer.backend.CpuDevice().send(getattr(link, name)))
+    return state
+
+
+def _numpy_rng_state(prefix, rng):
+    # A legacy ``RandomState`` state: ('MT19937', 624 uint32 keys, pos, has_gauss, cached).
+    _, keys, pos, has_gauss, cached = rng.get_state()
+    return {prefix + '/keys': keys, prefix + '/pos': pos, prefix + '/has_gauss': has_gauss,
+            prefix + '/cached_gaussian': cached}
+
+
+def _numpy_rng(state, prefix):
+    return ('MT19937', state[prefix + '/keys'], int(state[prefix + '/pos']),
+            int(state[prefix + '/has_gauss']), float(state[prefix + '/cached_gaussian']))
 
 
 def restore_rank_state(trainer, state):
+    """Put back what ``rank_state`` saved; ``state`` holds its keys with their arrays."""
     iterator = _training_iterator(trainer)
-    iterator.serialize(npz.NpzDeserializer(state['iterator']))
+    iterator.serialize(npz.NpzDeserializer(state, path='iterator/'))
     sampler_rng = getattr(getattr(iterator, 'order_sampler', None), '_random', None)
-    if sampler_rng is not None and state['order_rng'] is not None:
-        sampler_rng.set_state(state['order_rng'])
-    random.setstate(state['python_rng'])
-    numpy.random.set_state(state['numpy_rng'])
-    _model(trainer).serialize(npz.NpzDeserializer(state['persistent'], strict=False))
+    if sampler_rng is not None:
+        sampler_rng.set_state(_numpy_rng(state, 'order_rng'))
+    numpy.random.set_state(_numpy_rng(state, 'numpy_rng'))
+    random.setstate((int(state['python_rng/version']),
+                     tuple(int(n) for n in state['python_rng/internal']),
+                     state['python_rng/gauss_next'].item()))
+    _model(trainer).serialize(npz.NpzDeserializer(state, path='persistent/', strict=False))
 
 
 class _JobState:
-    """The trainer plus every rank's own state, as one serializable target."""
+    """The trainer, every rank's own state and the run's record, as one serializable
+    target."""
 
-    def __init__(self, trainer):
+    def __init__(self, trainer, record):
         self.trainer = trainer
+        self.record = record
         self.ranks = []
 
     def serialize(self, serializer):
         self.trainer.serialize(serializer)
         for r, state in enumerate(self.ranks):
-            blob = numpy.frombuffer(pickle.dumps(state), dtype=numpy.uint8)
-            serializer['ranks'][str(r)]('state', blob)
+            for key, value in state.items():
+                serializer['ranks'][str(r)](key, value)
+        serializer['meta']('record', _text(json.dumps(self.record)))
+
+
+def _text(text):
+    return numpy.frombuffer(text.encode('utf-8'), numpy.uint8)
+
+
+def _untext(array):
+    return array.tobytes().decode('utf-8')
+
+
+def save(path, arrays):
+    """chainer's ``save_npz`` of ``arrays`` (a snapshot's ``{key: value}``, as chainer's
+    ``DictionarySerializer`` makes it), uncompressed and without object arrays.
+
+    That serializer stores a None value as ``numpy.asarray(None)``, an object array, which
+    only pickle reads back; those keys are listed in ``meta/none`` instead. Any other
+    object array is a bug here: raises ``TypeError``.
+    """
+    nones = sorted(key for key, value in arrays.items() if _is_none(value))
+    arrays = {key: value for key, value in arrays.items() if key not in nones}
+    objects = [key for key, value in arrays.items() if numpy.asarray(value).dtype.hasobject]
+    if objects:
+        raise TypeError('a checkpoint would hold Python objects at {}'.format(objects))
+    arrays['meta/none'] = _text(json.dumps(nones))
+    # Uncompressed: zlib on ~200 MB of float32 weights costs seconds and saves little.
+    npz.save_npz(path, arrays, compression=False)
+
+
+def _is_none(value):
+    return value is None or (isinstance(value, numpy.ndarray) and value.dtype.hasobject
+                             and value.shape == () and value[()] is None)
+
+
+def read_checkpoint(data, path):
+    """``(arrays, record)`` of the checkpoint ``data`` (bytes of the file ``path``): every
+    array read and checked, None values restored (as chainer's reader expects them), and
+    the record of the run that wrote it.
+
+    Raises ``weights.Unreadable`` for a file that does not read back whole, and
+    ``CheckpointError`` for one that this version does not read.
+    """
+    if _pickled_rank_states(data):
+        raise CheckpointError(
+            'checkpoint {} was written by an earlier version of launch.train, which stored '
+            'the ranks\' states with pickle; unpickling a file can run any code, so it is '
+            'not read. Start afresh (in another out folder, or move it away), or finish '
+            'that run with the version that wrote it'.format(path))
+    try:
+        arrays = weights.read_npz(data, path)
+    except weights.Unreadable:
+        raise
+    except weights.WeightsError as e:
+        raise CheckpointError(str(e))
+    try:
+        record = json.loads(_untext(arrays.pop('meta/record')))
+        nones = json.loads(_untext(arrays.pop('meta/none')))
+        well_formed = (isinstance(record, dict) and record.get('format') == FORMAT
+                       and isinstance(record.get('config'), dict)
+                       and isinstance(record.get('ranks'), int)
+                       and isinstance(record.get('data'), dict)
+                       and all(isinstance(key, str) for key in nones))
+    except (KeyError, ValueError, TypeError):
+        well_formed = False
+    if not well_formed:
+        raise CheckpointError('{} holds no record of the run that wrote it: it is not a '
+                              'checkpoint written by launch.train; give another with '
+                              'resume=PATH'.format(path))
+    for key in nones:
+        arrays[key] = numpy.asarray(None)
+    return arrays, record
+
+
+def _pickled_rank_states(data):
+    """Whether ``data`` is a checkpoint of the first layout (``ranks/<r>/state``, a
+    pickle); only the zip directory is read."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            return any(re.match(r'^ranks/\d+/state\.npy$', name)
+                       for name in archive.namelist())
+    except (zipfile.BadZipFile, EOFError, OSError):
+        return False
+
+
+def trained_with(arrays):
+    """The model.arch in the record of a checkpoint's ``arrays``, or None (a model.npz,
+    or no readable record)."""
+    try:
+        return json.loads(_untext(arrays['meta/record']))['config']['model']['arch']
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def describe_run(config, runtime):
+    """What the checkpoints of this run mean, on rank 0 (None on the other ranks, which
+    neither write nor compare): the resolved config, the rank count and the train split's
+    fingerprint (``train_fingerprint``)."""
+    if not runtime.is_root:
+        return None
+    return {'format': FORMAT, 'config': to_dict(config), 'ranks': runtime.size,
+            'data': train_fingerprint(sop.resolve_root(config.data.root))}
+
+
+def train_fingerprint(root):
+    """``{'train_images': n, 'train_sha256': hex}``: the train split of the SOP tree
+    ``root`` as its list of (path relative to ``root``, super-class); the same data moved
+    to another folder gives the same fingerprint."""
+    rows = [(rel, label) for _, label, rel in sop.read_index(root, 'train')]
+    return {'train_images': len(rows),
+            'train_sha256': hashlib.sha256(json.dumps(rows).encode()).hexdigest()}
 
 
 class Checkpointer(chainer.training.Extension):
@@ -128,22 +285,20 @@ class Checkpointer(chainer.training.Extension):
     priority = -1000
     name = 'checkpointer'
 
-    def __init__(self, comm, is_root, interval, keep, stop_signal):
+    def __init__(self, comm, is_root, interval, keep, stop_signal, record):
         self.comm = comm
         self.is_root = is_root
         self.interval = interval
         self.stop_signal = stop_signal
+        self.record = record
         self.stopped_by = None
         self.last_path = None
         self._saved_at = None
         self._state = None
-        # Uncompressed: zlib on ~200 MB of float32 weights costs seconds and saves little.
-        self._snapshot = extensions.snapshot(
-            savefun=functools.partial(npz.save_npz, compression=False), filename=FILENAME,
-            n_retains=keep)
+        self._snapshot = extensions.snapshot(savefun=save, filename=FILENAME, n_retains=keep)
 
     def initialize(self, trainer):
-        self._state = _JobState(trainer)
+        self._state = _JobState(trainer, self.record)
         self._snapshot._target = self._state
         if self.is_root:
             self._snapshot.initialize(trainer)
@@ -215,85 +370,169 @@ class _StopOr:
         return self.trigger.get_training_length()
 
 
-def attach(trainer, comm, is_root, interval, keep, stop_signal):
+def attach(trainer, comm, is_root, interval, keep, stop_signal, record):
     """Add the checkpointer to ``trainer``, and the stop that ``stop_signal`` (an installed
-    ``liveness.StopSignal``) asks for; returns the checkpointer."""
-    checkpointer = Checkpointer(comm, is_root, interval, keep, stop_signal)
+    ``liveness.StopSignal``) asks for; returns the checkpointer. ``record`` (rank 0's
+    ``describe_run``, None on the others) goes into every checkpoint it writes, and
+    ``load`` compares a checkpoint's with it."""
+    checkpointer = Checkpointer(comm, is_root, interval, keep, stop_signal, record)
     trainer.extend(checkpointer)
     trainer.stop_trigger = _StopOr(trainer.stop_trigger, checkpointer)
     return checkpointer
 
 
-def resolve(resume, out):
-    """The checkpoint path the ``resume`` setting means, or None for a fresh start."""
-    if not resume:
-        return None
-    if resume == 'auto':
-        return find_latest(out)
-    path = os.path.abspath(os.path.expanduser(resume))
-    if os.path.isdir(path):
-        found = find_latest(path)
-        if found is None:
-            raise CheckpointError('resume={}: the folder holds no checkpoint '
-                                  '(snapshot_iter_<N>.npz); give a checkpoint file, or '
-                                  'resume=auto to start fresh when none exists'.format(resume))
-        return found
-    if not os.path.isfile(path):
-        raise CheckpointError('resume={}: no such checkpoint file; give an existing '
-                              'snapshot_iter_<N>.npz, or resume=auto'.format(resume))
-    return path
-
-
 def load(trainer, comm, is_root, resume, out):
-    """Restore ``trainer`` on every rank from the checkpoint ``resume`` names.
+    """Restore ``trainer`` on every rank from the checkpoint ``resume`` names: '' none,
+    'auto' the newest in ``out`` that reads, a file, or a folder (its newest that reads).
 
-    Rank 0 finds and reads the file and broadcasts it, so every rank resumes from the same
-    one and errors are raised on every rank alike. Returns ``(path, iteration)`` or None."""
-    data = error = path = None
+    Rank 0 chooses and reads the file, checks that it fits this run (``fit``) and
+    broadcasts it, so every rank resumes from the same one and errors are raised on every
+    rank alike. Returns ``(resumed, lines)``: ``(path, iteration)``, or None for a fresh
+    start; and the lines for rank 0 to print (checkpoints skipped and why, where it
+    resumed, what changed on resume). Raises ``CheckpointError``.
+    """
+    checkpointer = trainer.get_extension('checkpointer')
+    error = path = data = arrays = None
+    notes, changed = [], []
     if is_root:
         try:
-            path = resolve(resume, out)
-            if path is not None:
-                with open(path, 'rb') as f:
-                    data = f.read()
-        except (CheckpointError, OSError) as e:
+            path, data, arrays, notes, changed = choose(
+                resume, out, checkpointer.record, comm.size)
+        except CheckpointError as e:
             error = str(e)
-    error, path, data = comm.mpi_comm.bcast((error, path, data), root=0)
+    error, path, data, notes, changed = comm.mpi_comm.bcast(
+        (error, path, data, notes, changed), root=0)
     if error:
         raise CheckpointError(error)
     if path is None:
-        return None
-    state = problem = None
+        return None, notes
+    problem = None
     try:
-        with numpy.load(io.BytesIO(data)) as archive:
-            saved = sum(1 for key in archive.files if RANK_STATE.match(key))
-            if not saved:
-                problem = ('{} holds no rank states: it is not a checkpoint written by '
-                           'launch.train; give another with resume=PATH'.format(path))
-            elif saved != comm.size:
-                # Shards, iterator positions and the scaled lr all depend on the count.
-                problem = ('checkpoint {} was written by a job of {} rank(s), this one has {}; '
-                           'resume it with {} ranks, or start afresh in another out folder'
-                           .format(path, saved, comm.size, saved))
-            else:
-                trainer.serialize(npz.NpzDeserializer(archive))
-                state = pickle.loads(archive['ranks/{}/state'.format(comm.rank)].tobytes())
-    except (KeyError, ValueError, OSError, pickle.UnpicklingError) as e:
-        problem = ('checkpoint {} does not fit this job ({}); it may come from another '
-                   'config, rank count or version. Give another with resume=PATH, or move it '
-                   'away'.format(path, e))
+        if arrays is None:  # rank 0 read it already; the others read the same bytes
+            arrays, _ = read_checkpoint(data, path)
+        trainer.serialize(npz.NpzDeserializer(arrays))
+        restore_rank_state(trainer, {key[len(_rank_prefix(comm.rank)):]: value
+                                     for key, value in arrays.items()
+                                     if key.startswith(_rank_prefix(comm.rank))})
+    except (KeyError, ValueError, TypeError, weights.WeightsError) as e:
+        problem = ('checkpoint {} does not fit this job ({}: {}); give another with '
+                   'resume=PATH, or start afresh in another out folder'.format(
+                       path, type(e).__name__, e))
     # A problem seen by one rank only must stop every rank, not leave the others waiting.
     problems = [p for p in comm.mpi_comm.allgather(problem) if p]
     if problems:
         raise CheckpointError(problems[0])
-    restore_rank_state(trainer, state)
     _mark_synchronized(trainer.updater.get_optimizer('main'), comm)
-    return path, trainer.updater.iteration
+    iteration = trainer.updater.iteration
+    return (path, iteration), notes + [
+        'resumed from {} at iteration {}'.format(path, iteration)] + changed
+
+
+def _rank_prefix(rank):
+    return 'ranks/{}/'.format(rank)
+
+
+def choose(resume, out, record, ranks):
+    """On rank 0: ``(path, data, arrays, notes, changed)`` of the checkpoint ``resume``
+    names (path, data and arrays None for a fresh start), read and checked against this
+    run's ``record`` and rank count. ``notes`` are lines about the choice (the newer
+    checkpoints that did not read and why, or a fresh start), ``changed`` what may change
+    on resume and did. Raises ``CheckpointError``."""
+    fresh = None, None, None
+    if not resume:
+        return fresh + ([], [])
+    folder = out if resume == 'auto' else os.path.abspath(os.path.expanduser(resume))
+    if not os.path.isdir(folder):
+        if not os.path.exists(folder):
+            raise CheckpointError('resume={}: no such checkpoint file; give an existing '
+                                  'snapshot_iter_<N>.npz, or resume=auto'.format(resume))
+        try:
+            data = weights.read_bytes(folder)
+            arrays, saved = read_checkpoint(data, folder)
+        except weights.Unreadable as e:
+            raise CheckpointError('resume={}: {}; give an intact checkpoint with resume=PATH, '
+                                  'or resume=auto (the newest in out that reads)'.format(
+                                      resume, e))
+        return folder, data, arrays, [], fit(folder, saved, record, ranks)
+    found = [os.path.join(folder, name) for _, name in reversed(_checkpoints(folder))]
+    if not found and resume == 'auto':
+        return fresh + (['resume=auto: {} holds no checkpoint (snapshot_iter_<N>.npz); '
+                         'starting afresh'.format(out)], [])
+    if not found:
+        raise CheckpointError('resume={}: the folder holds no checkpoint '
+                              '(snapshot_iter_<N>.npz); give a checkpoint file, or '
+                              'resume=auto to start fresh when none exists'.format(resume))
+    skipped = []
+    for path in found:
+        try:
+            data = weights.read_bytes(path)
+            arrays, saved = read_checkpoint(data, path)
+        except weights.Unreadable as e:
+            skipped.append(str(e))
+            continue
+        return path, data, arrays, [
+            'resume={}: skipped a checkpoint that does not read: {}'.format(resume, why)
+            for why in skipped], fit(path, saved, record, ranks)
+    raise CheckpointError('resume={}: none of the {} checkpoint(s) in {} reads ({}); move '
+                          'them away to start afresh, or give one with resume=PATH'.format(
+                              resume, len(found), folder, '; '.join(skipped)))
+
+
+def fit(path, saved, record, ranks):
+    """The ``changed on resume: key old -> new`` lines for resuming the checkpoint ``path``,
+    whose record is ``saved``, in a run of ``ranks`` ranks whose record is ``record``.
+    Raises ``CheckpointError`` (one line) for a change that alters what the checkpoint
+    means: the rank count, the train split's content, a key of ``REFUSED``."""
+    if saved['ranks'] != ranks:
+        # Shards, iterator positions and the scaled lr all depend on the count.
+        raise CheckpointError('checkpoint {} was written by a job of {} rank(s), this one has '
+                              '{}; resume it with {} ranks, or start afresh in another out '
+                              'folder'.format(path, saved['ranks'], ranks, saved['ranks']))
+    old, new = _flat(saved['config']), _flat(record['config'])
+    refused = ['{} {} -> {} ({})'.format(key, _show(old.get(key)), _show(new.get(key)), why)
+               for key, why in REFUSED.items() if old.get(key) != new.get(key)]
+    if saved['data'] != record['data']:
+        refused.append('the train split (data.root) {} -> {} (other images or labels: the '
+                       'checkpoint\'s shards and iterator orders index its list; data.root '
+                       'may move, its content may not change)'.format(
+                           _show_data(saved['data']), _show_data(record['data'])))
+    if refused:
+        raise CheckpointError('checkpoint {} cannot resume in this run, which changes what it '
+                              'means: {}; resume with the values it was written with, or '
+                              'start afresh in another out folder'.format(
+                                  path, '; '.join(refused)))
+    return ['changed on resume: {} {} -> {}'.format(key, _show(old.get(key)), _show(new[key]))
+            for key in new if key != 'resume' and old.get(key, _MISSING) != new[key]]
+
+
+_MISSING = object()
+
+
+def _show_data(fingerprint):
+    return '{} images, sha256 {:.12}'.format(fingerprint.get('train_images'),
+                                             str(fingerprint.get('train_sha256')))
+
+
+def _flat(tree, prefix=''):
+    """``{'a.b': value}`` of a nested dict of config sections."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, prefix + key + '.'))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _show(value):
+    if isinstance(value, str):
+        return value or "''"
+    return '(not recorded)' if value is None else json.dumps(value)
 
 
 def settle(out, resumed):
-    """On rank 0 after ``load`` (``resumed`` is what it returned): the lines to print about
-    the checkpoints already in ``out``.
+    """On rank 0 after ``load`` (``resumed``: the first of what it returned): the lines to
+    print about the checkpoints already in ``out``.
 
     After resuming from an earlier checkpoint, the later ones belong to an abandoned run:
     ``resume=auto`` (highest iteration) or the retention of ``checkpoint.keep`` (oldest

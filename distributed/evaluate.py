@@ -8,14 +8,13 @@ import dataclasses
 import json
 import math
 import os
-import pickle
 import sys
-import zipfile
 
 import chainer
 import chainermn
 import numpy
 
+from distributed import checkpoint, weights
 from distributed.config import Config, ConfigError, ModelConfig, build, validate
 from distributed.data import decoded, read_on_root, sop, split_empty, unreadable_report
 from distributed.data.transforms import ValTransform
@@ -60,27 +59,25 @@ def load_eval_config(path=None, overrides=()):
 
 
 def load_model(config):
-    """The classifier of ``config.model`` with the weights of ``weights_path(config)``."""
+    """The classifier of ``config.model`` with the weights of ``weights_path(config)``: a
+    model.npz, or a training checkpoint (snapshot_iter_<N>.npz), whose model it takes.
+
+    The file is read without pickle and used whole (``weights.load_weights``); raises
+    ``ConfigError`` naming the file, what it holds and what to pass.
+    """
     path = weights_path(config)
     if not os.path.isfile(path):
         raise ConfigError('model file {} does not exist; pass the model.npz that launch.train '
-                          'wrote, e.g. model=results/smoke/model.npz (make train makes one)'
-                          .format(path))
+                          'wrote, e.g. model=results/smoke/model.npz (make train makes one), '
+                          'or one of its snapshot_iter_<N>.npz'.format(path))
     model = create_model(config.model.arch, zero_gamma=config.model.zero_gamma)
+    weights.size_lazy_layers(model)
     try:
-        chainer.serializers.load_npz(path, model)
-    except (KeyError, ValueError, OSError, EOFError, pickle.UnpicklingError,
-            zipfile.BadZipFile) as e:
-        raise ConfigError('model file {} cannot be loaded into a model.arch={} classifier '
-                          '({}: {}); pass a model.npz written by launch.train with the same '
-                          'model.arch'.format(path, config.model.arch, type(e).__name__, e))
-    # A model saved before its first forward pass holds no weights for lazily sized
-    # layers; loading it would leave them randomly initialised, silently.
-    empty = [name for name, param in model.namedparams() if param.array is None]
-    if empty:
-        raise ConfigError('model file {} holds no weights for {} (saved before any forward '
-                          'pass); pass a model.npz written by launch.train'.format(
-                              path, ', '.join(empty[:3])))
+        arrays = weights.read_npz(weights.read_bytes(path), 'model file ' + path)
+        weights.load_weights(model, weights.model_arrays(arrays), 'model file ' + path,
+                             config.model.arch, checkpoint.trained_with(arrays))
+    except weights.WeightsError as e:
+        raise ConfigError(str(e))
     return model
 
 

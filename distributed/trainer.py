@@ -49,7 +49,8 @@ def create_trainer(config, runtime, model, optimizer, train_iter, test_iter, sch
         write_config(config, config.out)
         add_reports(trainer, config, model)
     checkpoint.attach(trainer, runtime.comm, runtime.is_root, config.checkpoint.interval,
-                      config.checkpoint.keep, stop_signal)
+                      config.checkpoint.keep, stop_signal,
+                      checkpoint.describe_run(config, runtime))
     return trainer
 
 
@@ -71,14 +72,12 @@ def run(trainer, config, runtime, datasets):
     """
     where = runtime.comm.mpi_comm.gather('{} pid {} on {}'.format(
         runtime.rank, os.getpid(), socket.gethostname()))
-    resumed = checkpoint.load(trainer, runtime.comm, runtime.is_root, config.resume,
-                              config.out)
+    resumed, lines = checkpoint.load(trainer, runtime.comm, runtime.is_root, config.resume,
+                                     config.out)
     if runtime.is_root:
         # Lets a message from mpiexec about a process id be traced to its rank.
         print('ranks: ' + ', '.join(where), flush=True)
-        if resumed:
-            print('resumed from {} at iteration {}'.format(*resumed), flush=True)
-        for line in checkpoint.settle(config.out, resumed):
+        for line in lines + checkpoint.settle(config.out, resumed):
             print(line, flush=True)
     checkpointer = trainer.get_extension('checkpointer')
     # Uncaught errors are reported by the launcher or the runtime's abort hook, once.

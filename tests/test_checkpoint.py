@@ -4,7 +4,9 @@ Marked ``mpi`` tests also run on 2 ranks (``make test``): what each rank alone h
 """
 import errno
 import io
+import json
 import os
+import random
 import signal
 
 import distributed  # noqa: F401
@@ -17,6 +19,7 @@ import pytest
 from chainer.training import extensions
 
 from distributed import checkpoint
+from distributed.config import load_config, to_dict
 from distributed.liveness import STOP_SIGNALS, StopSignal
 
 
@@ -33,9 +36,17 @@ class Net(chainer.Chain):
 
 
 def noisy(in_data):
-    """A random augmentation drawing from numpy's global generator, like chainercv's."""
+    """A random augmentation drawing from numpy's and python's global generators, as
+    chainercv's do (python's gauss keeps every second value for its next call)."""
     x, t = in_data
-    return x + numpy.random.normal(0, 0.1, x.shape).astype(numpy.float32), t
+    shift = random.gauss(0, 0.1) if t == 0 else 0.0  # an odd number of calls, at times
+    return x + numpy.random.normal(shift, 0.1, x.shape).astype(numpy.float32), t
+
+
+def record(ranks, *overrides):
+    """A run's record as ``checkpoint.describe_run`` makes it, for the toy trainer."""
+    return {'format': checkpoint.FORMAT, 'config': to_dict(load_config(None, overrides)),
+            'ranks': ranks, 'data': {'train_images': 10, 'train_sha256': 'toy'}}
 
 
 def make_trainer(out, iterations, interval=2, keep=3, seed=0):
@@ -58,7 +69,8 @@ def make_trainer(out, iterations, interval=2, keep=3, seed=0):
     trainer.extend(extensions.LogReport(trigger=(1, 'iteration')))
     stop_signal = StopSignal()
     stop_signal.install()
-    checkpoint.attach(trainer, comm, comm.rank == 0, interval, keep, stop_signal)
+    checkpoint.attach(trainer, comm, comm.rank == 0, interval, keep, stop_signal,
+                      record(comm.size) if comm.rank == 0 else None)
     return trainer, comm
 
 
@@ -89,17 +101,24 @@ def test_find_latest_takes_the_highest_finished_iteration(tmp_path):
     assert checkpoint.find_latest(str(tmp_path)) == str(tmp_path / 'snapshot_iter_10.npz')
 
 
-def test_resolve_settings(tmp_path):
+def test_resume_settings(tmp_path):
     out = str(tmp_path)
-    assert checkpoint.resolve('', out) is None
-    assert checkpoint.resolve('auto', out) is None
+    mine = record(1)
+    assert checkpoint.choose('', out, mine, 1) == (None, None, None, [], [])
+    assert checkpoint.choose('auto', out, mine, 1) == (None, None, None, [
+        'resume=auto: {} holds no checkpoint (snapshot_iter_<N>.npz); starting afresh'.format(
+            out)], [])
     with pytest.raises(checkpoint.CheckpointError, match='no such checkpoint'):
-        checkpoint.resolve(str(tmp_path / 'nope.npz'), out)
+        checkpoint.choose(str(tmp_path / 'nope.npz'), out, mine, 1)
     with pytest.raises(checkpoint.CheckpointError, match='holds no checkpoint'):
-        checkpoint.resolve(out, out)
-    (tmp_path / 'snapshot_iter_4.npz').write_bytes(b'x')
-    assert checkpoint.resolve('auto', out) == str(tmp_path / 'snapshot_iter_4.npz')
-    assert checkpoint.resolve(out, out) == str(tmp_path / 'snapshot_iter_4.npz')
+        checkpoint.choose(out, out, mine, 1)
+    trainer, _ = make_trainer(tmp_path, 1, interval=0)
+    run(trainer)
+    written = str(tmp_path / 'snapshot_iter_1.npz')
+    for resume in ('auto', out, written):
+        path, data, arrays, skipped, changed = checkpoint.choose(resume, out, mine, 1)
+        assert (path, skipped, changed) == (written, [], [])
+        assert 'updater/iteration' in arrays and data == open(written, 'rb').read()
 
 
 def test_interval_and_keep(tmp_path):
@@ -138,7 +157,7 @@ def test_a_write_that_dies_midway_leaves_the_previous_checkpoint(tmp_path, monke
     for name, data in written.items():
         assert (tmp_path / name).read_bytes() == data, name
     resumed, comm = make_trainer(tmp_path, 5)
-    path, iteration = checkpoint.load(resumed, comm, True, 'auto', str(tmp_path))
+    (path, iteration), _ = checkpoint.load(resumed, comm, True, 'auto', str(tmp_path))
     resumed.get_extension('checkpointer').stop_signal.uninstall()
     assert (os.path.basename(path), iteration) == ('snapshot_iter_3.npz', 3)
 
@@ -162,7 +181,9 @@ def test_resume_is_exact(tmp_path):
     run(first)
     # A different seed proves the restored state, not the seed, drives the rest.
     second, comm = make_trainer(tmp_path / 'resumed', 10, seed=7)
-    path, iteration = checkpoint.load(second, comm, True, 'auto', str(tmp_path / 'resumed'))
+    (path, iteration), lines = checkpoint.load(second, comm, True, 'auto',
+                                               str(tmp_path / 'resumed'))
+    assert lines == ['resumed from {} at iteration 5'.format(path)]
     assert (os.path.basename(path), iteration) == ('snapshot_iter_5.npz', 5)
     run(second)
     expected, got = weights(straight), weights(second)
@@ -212,13 +233,20 @@ def test_resume_with_another_rank_count_is_a_clear_error(tmp_path):
     path = tmp_path / 'snapshot_iter_2.npz'
     with numpy.load(path) as archive:
         arrays = {key: archive[key] for key in archive.files}
-    arrays['ranks/1/state'] = arrays['ranks/0/state']
+    for key in list(arrays):
+        if key.startswith('ranks/0/'):
+            arrays['ranks/1/' + key[len('ranks/0/'):]] = arrays[key]
+    arrays['meta/record'] = text_array(dict(record(1), ranks=2))
     numpy.savez(path, **arrays)
     again, comm = make_trainer(tmp_path, 4)
     with pytest.raises(checkpoint.CheckpointError,
                        match='written by a job of 2 rank.s., this one has 1; resume it with 2'):
         checkpoint.load(again, comm, True, 'auto', str(tmp_path))
     again.get_extension('checkpointer').stop_signal.uninstall()
+
+
+def text_array(value):
+    return numpy.frombuffer(json.dumps(value).encode(), numpy.uint8)
 
 
 def batchnorm_statistics(trainer):
@@ -246,3 +274,128 @@ def test_each_rank_resumes_its_own_batchnorm_statistics(tmp_path, world):
     means = world.allgather(written['avg_mean'])
     assert all(not numpy.array_equal(means[0], other) for other in means[1:]), \
         'the ranks saw the same data: the check could not tell them apart'
+
+
+def test_auto_resumes_from_the_newest_checkpoint_that_reads(tmp_path, monkeypatch):
+    """Every way a newer checkpoint can fail to read back whole is skipped and said; the
+    same file given with resume=PATH is an error naming it."""
+    from files import DAMAGES, damage
+    from distributed import weights
+    trainer, _ = make_trainer(tmp_path, 2, interval=1, keep=5)
+    run(trainer)
+    good = tmp_path / 'snapshot_iter_2.npz'
+    damaged = {}
+    for iteration, how in enumerate(DAMAGES, start=3):
+        damaged[how] = tmp_path / 'snapshot_iter_{}.npz'.format(iteration)
+        damage(good, damaged[how], how)
+    # Not readable (as root, chmod alone does not stop a read: the read fails here too).
+    damaged['unreadable'] = tmp_path / 'snapshot_iter_{}.npz'.format(len(DAMAGES) + 3)
+    damaged['unreadable'].write_bytes(good.read_bytes())
+    damaged['unreadable'].chmod(0)
+
+    def denies(path, *args, **kwargs):
+        if str(path) == str(damaged['unreadable']):
+            raise PermissionError(errno.EACCES, 'Permission denied', str(path))
+        return open(path, *args, **kwargs)
+    monkeypatch.setattr(weights, 'open', denies, raising=False)
+    reasons = {'truncated': 'cut short or damaged: its zip directory does not read',
+               'empty': 'is not an .npz archive (empty)',
+               'zeros': 'is not an .npz archive',
+               'crc': 'does not read (BadZipFile: Bad CRC-32',
+               'folder': 'cannot be read (Is a directory)',
+               'not_an_array': 'notes is not a numpy array',
+               'unreadable': 'cannot be read (Permission denied)'}
+    path, _, _, skipped, _ = checkpoint.choose('auto', str(tmp_path), record(1), 1)
+    assert path == str(good)
+    assert len(skipped) == len(reasons)
+    for line, how in zip(skipped, reversed(list(damaged))):
+        assert line.startswith('resume=auto: skipped a checkpoint that does not read: {}'
+                               .format(damaged[how])), line
+        assert reasons[how] in line, line
+    for how, file in damaged.items():
+        if how != 'folder':  # a folder is searched for checkpoints
+            with pytest.raises(checkpoint.CheckpointError) as failed:
+                checkpoint.choose(str(file), str(tmp_path), record(1), 1)
+            assert str(failed.value).startswith('resume={}: {}'.format(file, file))
+            assert reasons[how] in str(failed.value) and '\n' not in str(failed.value)
+    for name in os.listdir(tmp_path):
+        if name != good.name and name.startswith('snapshot_iter_2'):
+            os.remove(tmp_path / name)
+    os.remove(good)
+    os.remove(tmp_path / 'snapshot_iter_1.npz')
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=r'resume=auto: none of the 7 checkpoint\(s\) in .* reads'):
+        checkpoint.choose('auto', str(tmp_path), record(1), 1)
+
+
+def test_none_values_are_listed_not_pickled(tmp_path):
+    """chainer's writer stores None as an object array, which only pickle reads: the
+    checkpoint lists those keys instead, and reading gives None back."""
+    path = str(tmp_path / 'snapshot_iter_1.npz')
+    checkpoint.save(path, {'a/none': numpy.asarray(None), 'a/one': numpy.ones(2),
+                           'meta/record': text_array(record(1))})
+    with numpy.load(path, allow_pickle=False) as archive:
+        assert sorted(archive.files) == ['a/one', 'meta/none', 'meta/record']
+        assert json.loads(archive['meta/none'].tobytes()) == ['a/none']
+    arrays, saved = checkpoint.read_checkpoint(open(path, 'rb').read(), path)
+    assert arrays['a/none'][()] is None and saved == record(1)
+    with pytest.raises(TypeError, match=r'Python objects at \[.a/list.\]'):
+        checkpoint.save(path, {'a/list': numpy.array([{}], object)})
+
+
+def test_checkpoints_of_a_run_hold_no_python_objects(tmp_path):
+    # Python's generator keeps a second gaussian for its next call (noisy draws one for
+    # some examples): None at some checkpoints, a number at others; both resume exactly.
+    trainer, _ = make_trainer(tmp_path, 8, interval=1, keep=8)
+    run(trainer)
+    nones = []
+    for name in sorted(os.listdir(tmp_path)):
+        if name.startswith('snapshot_iter_'):
+            with numpy.load(tmp_path / name, allow_pickle=False) as archive:
+                arrays = {key: archive[key] for key in archive.files}
+            assert not [k for k, v in arrays.items() if v.dtype.hasobject]
+            nones.append(json.loads(arrays['meta/none'].tobytes()))
+    assert ['ranks/0/python_rng/gauss_next'] in nones and [] in nones, nones
+
+
+def test_checkpoints_that_would_run_code_are_refused(tmp_path):
+    from files import arrays_of, object_array, pickled_rank_states, rewrite
+    trainer, _ = make_trainer(tmp_path, 1, interval=1)
+    run(trainer)
+    good = tmp_path / 'snapshot_iter_1.npz'
+    marker = tmp_path / 'ran'
+    pickled_rank_states(good, tmp_path / 'old.npz', marker, ranks=1)
+    arrays = arrays_of(good)
+    arrays['updater/model:main/predictor/fc1/W'] = object_array(marker)
+    rewrite(tmp_path / 'objects.npz', arrays)
+    for name, message in (('old.npz', 'written by an earlier version of launch.train'),
+                          ('objects.npz', 'holds updater/model:main/predictor/fc1/W as '
+                                          'Python objects')):
+        with pytest.raises(checkpoint.CheckpointError, match=message):
+            checkpoint.choose(str(tmp_path / name), str(tmp_path), record(1), 1)
+    assert not marker.exists()
+
+
+def test_what_may_change_on_resume_and_what_may_not():
+    mine = record(2, 'train.batch_size=8')
+    for saved, change in ((record(2, 'train.batch_size=4'), 'train.batch_size 4 -> 8'),
+                          (record(2, 'train.batch_size=8', 'model.arch=resnet101'),
+                           'model.arch resnet101 -> resnet50'),
+                          (record(2, 'train.batch_size=8', 'train.seed=3'), 'train.seed 3 -> 0'),
+                          (record(2, 'train.batch_size=8', 'train.dtype=mixed16'),
+                           'train.dtype mixed16 -> float32'),
+                          (dict(mine, data={'train_images': 9, 'train_sha256': 'other'}),
+                           'the train split (data.root) 9 images, sha256 other -> 10 images')):
+        with pytest.raises(checkpoint.CheckpointError) as refused:
+            checkpoint.fit('c.npz', saved, mine, 2)
+        assert str(refused.value).startswith(
+            'checkpoint c.npz cannot resume in this run, which changes what it means: '
+            + change), str(refused.value)
+    with pytest.raises(checkpoint.CheckpointError, match='written by a job of 2 rank'):
+        checkpoint.fit('c.npz', mine, mine, 1)
+    saved = record(2, 'train.batch_size=8', 'data.root=/old', 'optimizer.lr=0.2',
+                   'train.epochs=3', 'resume=auto')
+    assert checkpoint.fit('c.npz', saved, mine, 2) == [
+        'changed on resume: data.root /old -> minisop',
+        'changed on resume: optimizer.lr 0.2 -> 0.1',
+        'changed on resume: train.epochs 3.0 -> 90.0']

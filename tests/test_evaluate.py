@@ -117,11 +117,53 @@ def test_missing_weights_are_named_and_default_to_out_model_npz(tmp_path):
 def test_unloadable_weights_are_named(tmp_path):
     garbage = tmp_path / 'garbage.npz'
     garbage.write_text('not a model')
+    # Saved before its first forward pass, chainer stores the lazily sized weights as None:
+    # object arrays, which only pickle reads.
     empty = save_model(tmp_path / 'empty.npz', initialise=False)
-    for path, message in ((str(garbage), 'cannot be loaded'), (empty, 'holds no weights')):
+    for path, message in ((str(garbage), 'is not an .npz archive'),
+                          (empty, 'holds predictor/.* as Python objects')):
         config = load_eval_config(SMOKE, ['model=' + path])
-        with pytest.raises(ConfigError, match=message):
+        with pytest.raises(ConfigError, match='model file {} {}'.format(path, message)):
             load_model(config)
+
+
+@pytest.fixture(scope='module')
+def resnet101_file(tmp_path_factory):
+    return save_model(tmp_path_factory.mktemp('model101') / 'model.npz', arch='resnet101')
+
+
+def test_weights_are_used_whole_or_refused(model_file, resnet101_file, tmp_path):
+    """chainer's load_npz reads the keys the network asks for and ignores the others, and
+    sizes a lazily sized layer by the file: each of these loaded, or failed later."""
+    from files import arrays_of, rewrite
+    variants = {'resnet101': (resnet101_file, 'holds the weights of a resnet101, not of the '
+                              'model.arch=resnet50 this command builds .its res4 has 23 '
+                              'bottleneck blocks, a resnet50\'s has 6.; pass '
+                              'model.arch=resnet101')}
+    arrays = arrays_of(model_file)
+    for name, change, message in (
+            ('extra', {'predictor/res6/W': numpy.ones(3, numpy.float32)},
+             '0 of its 320 arrays are missing and 1 of the file\'s 321 would be left unused '
+             r'\(e.g. predictor/res6/W\)'),
+            ('missing', {'predictor/fc6/b': None},
+             r'1 of its 320 arrays are missing \(e.g. predictor/fc6/b\) and 0 of the '
+             'file\'s 319'),
+            ('lazy_shape', {'predictor/conv1/conv/W': numpy.ones((64, 4, 7, 7), numpy.float32)},
+             r'predictor/conv1/conv/W is float32 \(64, 4, 7, 7\) where the network has '
+             r'float32 \(64, 3, 7, 7\)'),
+            ('classes', {'predictor/fc6/W': numpy.ones((1000, 2048), numpy.float32)},
+             r'predictor/fc6/W is float32 \(1000, 2048\) where')):
+        changed = {k: v for k, v in dict(arrays, **change).items() if v is not None}
+        rewrite(tmp_path / (name + '.npz'), changed)
+        variants[name] = str(tmp_path / (name + '.npz')), message
+    for path, message in variants.values():
+        with pytest.raises(ConfigError, match='model file {} .*{}'.format(path, message)):
+            load_model(load_eval_config(SMOKE, ['model=' + path]))
+    # The right arch loads it whole.
+    model = load_model(load_eval_config(SMOKE, ['model=' + resnet101_file,
+                                                'model.arch=resnet101']))
+    numpy.testing.assert_array_equal(model.predictor.fc6.W.array,
+                                     arrays_of(resnet101_file)['predictor/fc6/W'])
 
 
 def test_two_ranks_give_exactly_the_numbers_of_one(uneven_sop, model_file, tmp_path):
@@ -171,3 +213,33 @@ def test_two_ranks_stop_with_one_message_on_a_missing_model(uneven_sop, tmp_path
     assert done.returncode == 2
     assert done.stderr.count('error: model file {} does not exist'.format(missing)) == 1
     assert 'Traceback' not in done.stderr
+
+
+@pytest.mark.parametrize('kind', ['resnet101', 'object_array', 'lazy_shape'])
+def test_two_ranks_refuse_weights_that_do_not_fit_in_one_line(kind, uneven_sop, model_file,
+                                                              resnet101_file, tmp_path):
+    """A resnet101 file scored as a resnet50, an object array whose unpickling creates a
+    file, a first convolution for 4 channels: each stops both ranks with one line and
+    exit 2, nothing run, nothing written."""
+    from files import arrays_of, object_array, rewrite
+    marker = tmp_path / 'ran'
+    path, message = resnet101_file, 'pass model.arch=resnet101'
+    if kind != 'resnet101':
+        arrays = arrays_of(model_file)
+        path = str(tmp_path / 'model.npz')
+        arrays['predictor/conv1/conv/W'] = (
+            object_array(marker) if kind == 'object_array'
+            else numpy.ones((64, 4, 7, 7), numpy.float32))
+        rewrite(path, arrays)
+        message = ('as Python objects' if kind == 'object_array'
+                   else 'is float32 (64, 4, 7, 7) where the network has float32 (64, 3, 7, 7)')
+    out = tmp_path / 'out'
+    done = run_launcher('launch.evaluate', ['-c', SMOKE, 'model=' + path, 'out=' + str(out),
+                                            'data.root=' + uneven_sop] + TINY,
+                        ranks=2, timeout=180)
+    assert not marker.exists(), 'loading the model ran the code in it'
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.count('error: model file {}'.format(path)) == 1, done.stderr[-3000:]
+    assert message in done.stderr and 'Traceback' not in done.stderr, done.stderr[-3000:]
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr[-3000:]
+    assert not out.exists()

@@ -96,3 +96,33 @@ def test_launcher_answers_good_images_and_fails_on_bad_ones(small_sop, model_fil
     assert ok.returncode == 0 and ok.stdout.count('%') == 5, ok.stderr
     shown = run_launcher('launch.predict', ['-c', SMOKE, '--print-config', 'top_k=2'])
     assert shown.returncode == 0 and 'top_k: 2' in shown.stdout, shown.stderr
+
+
+@pytest.mark.parametrize('kind', ['resnet101', 'object_array', 'lazy_shape'])
+def test_launcher_refuses_weights_that_do_not_fit_in_one_line(kind, small_sop, model_file,
+                                                              tmp_path):
+    """A resnet101 file with the default model.arch=resnet50 (chainer's load_npz would
+    read 320 of its 626 arrays), an object array whose unpickling creates a file, a first
+    convolution for 4 channels (a lazily sized layer: chainer sizes it by the file): each
+    is one line and exit 2, with no image classified and no code run."""
+    from files import arrays_of, object_array, rewrite
+    marker = tmp_path / 'ran'
+    if kind == 'resnet101':
+        path = save_model(tmp_path / 'model.npz', arch='resnet101')
+        message = 'holds the weights of a resnet101'
+    else:
+        arrays = arrays_of(model_file)
+        path = str(tmp_path / 'model.npz')
+        arrays['predictor/conv1/conv/W'] = (
+            object_array(marker) if kind == 'object_array'
+            else numpy.ones((64, 4, 7, 7), numpy.float32))
+        rewrite(path, arrays)
+        message = ('as Python objects' if kind == 'object_array'
+                   else 'is float32 (64, 4, 7, 7) where the network has float32 (64, 3, 7, 7)')
+    done = run_launcher('launch.predict', ['-c', SMOKE, 'model=' + path] + TINY
+                        + some_images(small_sop, 1))
+    assert not marker.exists(), 'loading the model ran the code in it'
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.startswith('error: model file {} '.format(path)), done.stderr[-3000:]
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stdout == ''

@@ -5,8 +5,8 @@ tree and checks what a user would see: the exit code, how long it took, the mess
 files on disk and, for resumes, the weights compared with numpy.
 """
 import io
+import json
 import os
-import pickle
 import shutil
 import signal
 import subprocess
@@ -17,8 +17,8 @@ import numpy
 import pytest
 from PIL import Image
 
-from jobs import (DEADLINE, assert_stopped_by, finish, rank_pids, read_until, start, train,
-                  wait_for)
+from jobs import (DEADLINE, TINY, assert_stopped_by, finish, rank_pids, read_until, start,
+                  train, wait_for)
 
 pytestmark = pytest.mark.slow
 
@@ -30,16 +30,11 @@ def tree(tiny_sop):
 
 def arrays(path):
     """The checkpoint's weights and momentum (shared by the ranks) and each rank's own
-    BatchNorm statistics (``ranks/<r>/state``)."""
-    with numpy.load(str(path)) as f:
-        found = {k: f[k] for k in f.files
-                 if k.startswith(('updater/model:main/', 'updater/optimizer:main/'))}
-        for key in f.files:
-            if key.startswith('ranks/'):
-                state = pickle.loads(f[key].tobytes())
-                for name, value in state['persistent'].items():
-                    found[key.rsplit('/', 1)[0] + '/persistent/' + name] = value
-    return found
+    BatchNorm statistics (``ranks/<r>/persistent/...``)."""
+    with numpy.load(str(path), allow_pickle=False) as f:
+        return {k: f[k] for k in f.files if k.startswith(
+            ('updater/model:main/', 'updater/optimizer:main/')) or (
+                k.startswith('ranks/') and '/persistent/' in k)}
 
 
 def assert_same_weights(expected_path, got_path):
@@ -69,6 +64,10 @@ def test_checkpoints_every_interval_and_keep(straight, tree, tmp_path, record_pr
     assert sorted(p.name for p in straight.glob('snapshot_iter_*.npz')) == [
         'snapshot_iter_3.npz', 'snapshot_iter_6.npz', 'snapshot_iter_9.npz']
     assert not list(straight.glob('tmp*')), 'a temporary file was left behind'
+    # Nothing in them needs pickle (chainer's writer would store a None as an object array).
+    for path in straight.glob('snapshot_iter_*.npz'):
+        with numpy.load(str(path), allow_pickle=False) as f:
+            assert not [key for key in f.files if f[key].dtype.hasobject], path
 
 
 def test_resume_auto_after_an_epoch_is_exact(straight, tree, tmp_path, record_property):
@@ -79,7 +78,6 @@ def test_resume_auto_after_an_epoch_is_exact(straight, tree, tmp_path, record_pr
     assert code == 0, output
     assert 'resumed from {} at iteration 3'.format(tmp_path / 'snapshot_iter_3.npz') in output
     assert_same_weights(straight / 'snapshot_iter_9.npz', tmp_path / 'snapshot_iter_9.npz')
-    import json
     log = json.loads((tmp_path / 'log').read_text())
     assert [e['epoch'] for e in log] == [1, 2, 3], 'the log does not continue the first run'
 
@@ -249,3 +247,157 @@ def test_missing_files_fail_fast_naming_them(tree, tmp_path, record_property):
     assert len(named) == 10 and set(named) <= set(listed[:12])
     assert 'Traceback' not in output
     assert not (tmp_path / 'out' / 'log').exists()
+
+
+def error_line(code, output):
+    """The one line a refused job says (exit 2, no traceback)."""
+    assert code == 2, output
+    assert 'Traceback' not in output, output
+    errors = [line for line in output.splitlines() if line.startswith('error: ')]
+    assert len(errors) == 1, output
+    return errors[0]
+
+
+def test_resume_auto_skips_checkpoints_that_do_not_read(straight, tree, tmp_path):
+    """Newer checkpoints cut short by an interrupted copy, empty, zero bytes, with an
+    array that fails its CRC, a folder of that name, a member that is not an array: each
+    is skipped with its reason, and the run resumes from the newest intact one, exactly.
+    (Not readable for lack of permission: tests/test_checkpoint.py, as root reads all.)"""
+    from files import DAMAGES, damage
+    shutil.copy(straight / 'snapshot_iter_3.npz', tmp_path)
+    damaged = []
+    for iteration, how in enumerate(DAMAGES, start=4):
+        damaged.append(tmp_path / 'snapshot_iter_{}.npz'.format(iteration))
+        damage(straight / 'snapshot_iter_6.npz', damaged[-1], how)
+    code, output = finish(train(tree, tmp_path, 'train.epochs=3', 'resume=auto'))
+    assert code == 0, output
+    skipped = [line for line in output.splitlines() if line.startswith('resume=auto: skipped')]
+    assert [line.split('does not read: ')[1].split()[0] for line in skipped] == [
+        str(path) for path in reversed(damaged)], output
+    for text in ('(BadZipFile: File is not a zip file)', 'is not an .npz archive (empty)',
+                 'Bad CRC-32', 'cannot be read (Is a directory)', 'is not a numpy array'):
+        assert text in '\n'.join(skipped), output
+    assert 'resumed from {} at iteration 3'.format(tmp_path / 'snapshot_iter_3.npz') in output
+    assert 'Traceback' not in output
+    assert_same_weights(straight / 'snapshot_iter_9.npz', tmp_path / 'snapshot_iter_9.npz')
+
+
+def test_resume_from_a_damaged_file_says_it_is_damaged(straight, tree, tmp_path):
+    from files import damage
+    for how, text in (('truncated', 'is cut short or damaged: its zip directory does not '
+                                    'read (BadZipFile: File is not a zip file)'),
+                      ('crc', 'is cut short or damaged: ')):
+        path = tmp_path / '{}.npz'.format(how)
+        damage(straight / 'snapshot_iter_6.npz', path, how)
+        code, output = finish(train(tree, tmp_path / 'out', 'train.epochs=3',
+                                    'resume={}'.format(path)))
+        assert error_line(code, output).startswith(
+            'error: resume={}: {} {}'.format(path, path, text)), output
+        assert not (tmp_path / 'out' / 'log').exists()
+
+
+def test_resume_refuses_another_network_and_says_when_there_is_nothing_to_resume(
+        tree, tmp_path):
+    """chainer's deserializer takes a resnet50's arrays out of a resnet101 checkpoint and
+    ignores the rest: the run is refused, naming the key and both values."""
+    code, output = finish(train(tree, tmp_path, 'train.epochs=1', 'model.arch=resnet101',
+                                'resume=auto'))
+    assert code == 0, output
+    assert 'resume=auto: {} holds no checkpoint (snapshot_iter_<N>.npz); starting ' \
+        'afresh'.format(tmp_path) in output, output
+    code, output = finish(train(tree, tmp_path, 'train.epochs=2', 'resume=auto'))
+    line = error_line(code, output)
+    assert line.startswith('error: checkpoint {} cannot resume in this run, which changes '
+                           'what it means: model.arch resnet101 -> resnet50 (the network'
+                           .format(tmp_path / 'snapshot_iter_3.npz')), line
+    assert 'resumed from' not in output
+
+
+def test_resume_refuses_what_changes_the_checkpoint_and_prints_what_changed(
+        straight, tree, tmp_path):
+    # Batch per rank (the lr schedule would decay an epoch early), the seed (other shards),
+    # the precision (other optimizer state), other data (a label changed): refused.
+    out = tmp_path / 'out'
+    out.mkdir()
+    shutil.copy(straight / 'snapshot_iter_6.npz', out)
+    relabelled = tmp_path / 'relabelled'
+    shutil.copytree(tree, relabelled)
+    index = (relabelled / 'Ebay_train.txt').read_text().splitlines()
+    fields = index[1].split()
+    fields[2] = '12' if fields[2] != '12' else '11'
+    index[1] = ' '.join(fields)
+    (relabelled / 'Ebay_train.txt').write_text('\n'.join(index) + '\n')
+    for override, change in (('train.batch_size=2', 'train.batch_size 4 -> 2'),
+                             ('train.seed=1', 'train.seed 0 -> 1'),
+                             ('train.dtype=mixed16', 'train.dtype float32 -> mixed16'),
+                             ('data.root={}'.format(relabelled),
+                              'the train split (data.root) 24 images, sha256 ')):
+        code, output = finish(train(tree, out, 'train.epochs=3', 'resume=auto', override))
+        line = error_line(code, output)
+        assert line.startswith('error: checkpoint {} cannot resume in this run, which changes '
+                               'what it means: {}'.format(out / 'snapshot_iter_6.npz', change)), \
+            line
+    # The same data in another folder, and what may change: resumed, exactly, and said.
+    moved = tmp_path / 'moved'
+    shutil.copytree(tree, moved)
+    code, output = finish(train(moved, out, 'train.epochs=3', 'resume=auto',
+                                'checkpoint.keep=2', 'train.eval_batch_size=3'))
+    assert code == 0, output
+    assert 'resumed from {} at iteration 6'.format(out / 'snapshot_iter_6.npz') in output
+    for change in ('data.root {} -> {}'.format(tree, moved), 'checkpoint.keep 3 -> 2',
+                   'train.eval_batch_size 0 -> 3', 'out {} -> {}'.format(straight, out)):
+        assert 'changed on resume: ' + change in output, output
+    assert output.count('changed on resume: ') == 4, output
+    assert_same_weights(straight / 'snapshot_iter_9.npz', out / 'snapshot_iter_9.npz')
+
+
+def test_a_crafted_checkpoint_does_not_run_code(straight, tree, tmp_path):
+    """A checkpoint whose rank states are pickles (as the first layout stored them) that
+    create a file when loaded, and one with an object array: refused, nothing run."""
+    from files import arrays_of, object_array, pickled_rank_states, rewrite
+    marker = tmp_path / 'ran'
+    pickled = tmp_path / 'pickled.npz'
+    pickled_rank_states(straight / 'snapshot_iter_6.npz', pickled, marker)
+    objects = tmp_path / 'objects.npz'
+    arrays = arrays_of(straight / 'snapshot_iter_6.npz')
+    arrays['updater/model:main/predictor/fc6/W'] = object_array(marker)
+    rewrite(objects, arrays)
+    for path, text in ((pickled, 'was written by an earlier version of launch.train, which '
+                                 'stored the ranks\' states with pickle'),
+                       (objects, 'holds updater/model:main/predictor/fc6/W as Python objects')):
+        code, output = finish(train(tree, tmp_path / 'out', 'train.epochs=3',
+                                    'resume={}'.format(path)))
+        assert not marker.exists(), 'the checkpoint ran the code in it'
+        assert text in error_line(code, output), output
+
+
+def test_evaluate_and_predict_take_a_checkpoint(straight, tree, tmp_path):
+    """The model of snapshot_iter_9.npz is the final model.npz: the same report and the
+    same predictions; with another model.arch, one line naming the arch it was trained
+    with."""
+    from launching import run_launcher
+    common = ['data.root={}'.format(tree)] + TINY
+    reports = {}
+    for name in ('model.npz', 'snapshot_iter_9.npz'):
+        out = tmp_path / name
+        done = run_launcher('launch.evaluate', ['model={}'.format(straight / name),
+                                                'out={}'.format(out)] + common, ranks=2)
+        assert done.returncode == 0, done.stderr[-3000:]
+        reports[name] = json.loads((out / 'eval.json').read_text())
+        reports[name].pop('model')
+    assert reports['model.npz'] == reports['snapshot_iter_9.npz']
+    images = [str(tree / line.split()[3])
+              for line in (tree / 'Ebay_test.txt').read_text().splitlines()[1:4]]
+    predictions = [run_launcher('launch.predict', ['model={}'.format(straight / name)]
+                                + common + images) for name in ('model.npz',
+                                                                'snapshot_iter_9.npz')]
+    assert predictions[0].returncode == 0 and predictions[0].stdout.count('%') == 15
+    assert predictions[1].stdout == predictions[0].stdout, predictions[1].stderr
+    done = run_launcher('launch.evaluate', ['model={}'.format(straight / 'snapshot_iter_9.npz'),
+                                            'out={}'.format(tmp_path)] + common
+                        + ['model.arch=resnet101'], ranks=2)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.strip() == (
+        'error: model file {} holds the weights of a resnet50, not of the model.arch=resnet101 '
+        'this command builds (it was trained with model.arch=resnet50); pass '
+        'model.arch=resnet50'.format(straight / 'snapshot_iter_9.npz'))
