@@ -91,13 +91,13 @@ class Job:
         subprocess.run(['scancel', self.id], timeout=30)
         pytest.fail('job {} ({}): {}\n{}'.format(self.id, self.name, why, self.output()))
 
-    def wait(self, until, what, timeout):
+    def wait(self, until, what, timeout, poll=0.5):
         end = time.monotonic() + timeout
         while not until():
             if time.monotonic() > end:
                 self.fail('no {} within {} s (state {})'.format(
                     what, timeout, self.info().get('JobState')))
-            time.sleep(0.5)
+            time.sleep(poll)
 
     def iterations(self):
         """The last iteration in rank 0's log (one entry an iteration here), 0 before."""
@@ -112,6 +112,8 @@ class Job:
         the weights in the first, so a checkpoint of iteration 1 has no optimizer state.)"""
         self.wait(lambda: self.iterations() >= 2 or self.info().get('JobState') in FINAL,
                   'second iteration', timeout)
+        if self.iterations() < 2:
+            self.fail('the job ended before its second iteration')
 
     def end(self, timeout=300, restarts=0):
         """The job's final record, once it is over (the restarts-th start of it)."""
@@ -266,8 +268,9 @@ def test_a_start_up_that_hangs_ends_the_job(jobs):
     # the other waits in MPI_Init until its train.startup_timeout ends it, and srun takes
     # the stopped one down with it.
     job = jobs('startup', ['train.epochs=1', 'train.startup_timeout=15'])
-    job.wait(lambda: job.task_pid(1) or job.info().get('JobState') in FINAL, 'rank 1', 120)
-    os.kill(job.task_pid(1), signal.SIGSTOP)
+    job.wait(lambda: job.task_pid(1) or job.info().get('JobState') in FINAL, 'rank 1', 120,
+             poll=0.1)  # Python's imports take seconds before MPI_Init
+    os.kill(job.task_pid(1) or job.fail('rank 1 never ran'), signal.SIGSTOP)
     info = job.end(timeout=15 + 30 + DEADLINE)  # the watchdog's fallback fires 30 s later
     output = job.output()
     assert info['JobState'] == 'FAILED' and info['ExitCode'] != '0:0', output
