@@ -76,8 +76,8 @@ def read_npz(data, name):
     # numpy hands back the bytes of a member that is not an .npy array.
     odd = [key for key, value in arrays.items() if not isinstance(value, numpy.ndarray)]
     if odd:
-        raise Unreadable('{}: {} is not a numpy array; this is not an .npz file that numpy '
-                         'or chainer wrote'.format(name, odd[0]))
+        raise Unreadable('{} is damaged: {} is not a numpy array (not an .npz file that '
+                         'numpy or chainer wrote)'.format(name, odd[0]))
     return arrays
 
 

@@ -401,3 +401,15 @@ def test_evaluate_and_predict_take_a_checkpoint(straight, tree, tmp_path):
         'error: model file {} holds the weights of a resnet50, not of the model.arch=resnet101 '
         'this command builds (it was trained with model.arch=resnet50); pass '
         'model.arch=resnet50'.format(straight / 'snapshot_iter_9.npz'))
+
+
+def test_a_crafted_config_does_not_run_code(tree, tmp_path):
+    """A YAML tag that would call a Python function: read as plain YAML, it is refused."""
+    marker = tmp_path / 'ran'
+    config = tmp_path / 'evil.yaml'
+    config.write_text('train:\n  epochs: !!python/object/apply:builtins.open ["{}", "w"]\n'
+                      .format(marker))
+    code, output = finish(start(['-m', 'launch.train', '-c', str(config),
+                                 'data.root={}'.format(tree), 'out={}'.format(tmp_path)]))
+    assert not marker.exists(), 'the config ran the code in it'
+    assert 'is not valid YAML' in error_line(code, output), output
