@@ -28,9 +28,9 @@ def _cluster_down():
     if shutil.which('sbatch') is None:
         return 'no SLURM here (no sbatch on PATH)'
     ping = subprocess.run(['scontrol', 'ping'], capture_output=True, text=True, timeout=30)
-    if ' is UP' not in ping.stdout:
+    if ' is UP' not in ping.stdout:  # its first line says which controller is down
         return 'no SLURM controller answers (scontrol ping: {})'.format(
-            (ping.stdout + ping.stderr).strip() or ping.returncode)
+            ((ping.stdout + ping.stderr).strip() or str(ping.returncode)).splitlines()[0])
     return None
 
 
