@@ -129,7 +129,8 @@ class Config:
     device: str = 'auto'
     """'auto' (a GPU per rank when CuPy finds one, else the CPU), 'cpu', or a GPU id."""
     resume: str = ''
-    """'' (start fresh), 'auto' (latest checkpoint in out, if any) or a checkpoint path."""
+    """'' (start fresh), 'auto' (the newest checkpoint in out that reads, if any) or a
+    checkpoint path."""
 
 
 CHOICES = {
