@@ -387,9 +387,10 @@ def load(trainer, comm, is_root, resume, out):
 
     Rank 0 chooses and reads the file, checks that it fits this run (``fit``) and
     broadcasts it, so every rank resumes from the same one and errors are raised on every
-    rank alike. Returns ``(resumed, lines)``: ``(path, iteration)``, or None for a fresh
-    start; and the lines for rank 0 to print (checkpoints skipped and why, where it
-    resumed, what changed on resume). Raises ``CheckpointError``.
+    rank alike. Either way rank 0's weights are broadcast before the first update. Returns
+    ``(resumed, lines)``: ``(path, iteration)``, or None for a fresh start; and the lines
+    for rank 0 to print (checkpoints skipped and why, where it resumed, what changed on
+    resume). Raises ``CheckpointError``.
     """
     checkpointer = trainer.get_extension('checkpointer')
     error = path = data = arrays = None
@@ -405,6 +406,7 @@ def load(trainer, comm, is_root, resume, out):
     if error:
         raise CheckpointError(error)
     if path is None:
+        _mark_synchronized(trainer.updater.get_optimizer('main'), comm)
         return None, notes
     problem = None
     try:
@@ -551,11 +553,14 @@ def settle(out, resumed):
 
 
 def _mark_synchronized(optimizer, comm):
-    """Broadcast the restored weights now, so the first update after resuming updates.
+    """Broadcast rank 0's weights (the initial or the restored ones) now, so that the first
+    update updates.
 
     ChainerMN's multi-node optimizer spends its first ``update`` on broadcasting rank 0's
-    weights instead of updating; at a fresh start that is wanted, after a resume it would
-    drop one update and the run would diverge from an uninterrupted one."""
+    weights instead of updating. At a fresh start that left the optimizer without state
+    (momentum) after iteration 1, so a checkpoint of iteration 1 (a stop during start-up)
+    could not be resumed; after a resume it would drop one update and the run would
+    diverge from an uninterrupted one."""
     if hasattr(optimizer, 'is_changed'):
         optimizer.is_changed(optimizer.target)
         comm.bcast_data(optimizer.target)

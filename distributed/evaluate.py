@@ -71,7 +71,6 @@ def load_model(config):
                           'wrote, e.g. model=results/smoke/model.npz (make train makes one), '
                           'or one of its snapshot_iter_<N>.npz'.format(path))
     model = create_model(config.model.arch, zero_gamma=config.model.zero_gamma)
-    weights.size_lazy_layers(model)
     try:
         arrays = weights.read_npz(weights.read_bytes(path), 'model file ' + path)
         weights.load_weights(model, weights.model_arrays(arrays), 'model file ' + path,

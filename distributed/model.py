@@ -1,5 +1,6 @@
 """The zero-gamma ResNet classifier (Goyal et al. 2017, section 5.1)."""
 import chainer
+import numpy
 from chainercv.links import ResNet50, ResNet101, ResNet152
 from chainercv.links.model.resnet import Bottleneck
 
@@ -12,12 +13,20 @@ def create_model(arch='resnet50', n_class=12, zero_gamma=True):
     With ``zero_gamma`` the last BatchNorm's gamma in every bottleneck starts at zero, so
     each residual block starts as the identity; this is what makes large-batch training
     with a linearly scaled lr stable.
+
+    Every parameter exists on return: chainercv sizes some layers (conv1, fc6, each
+    stage's first block) at the first forward pass, so one small batch goes through in
+    test mode here (BatchNorm statistics untouched). The weights broadcast before the first
+    update, the optimizer's state and the weights files then all see the whole network;
+    drawn here, the initial weights come from the generator's state at creation.
     """
     if arch not in ARCHS:
         raise ValueError('unknown model.arch {!r}; choose one of {}'.format(arch, sorted(ARCHS)))
     extractor = ARCHS[arch](n_class=n_class, arch='fb')
     extractor.pick = 'fc6'
     model = chainer.links.Classifier(extractor)
+    with chainer.using_config('train', False), chainer.no_backprop_mode():
+        extractor(numpy.zeros((1, 3, 32, 32), chainer.get_dtype()))
     if zero_gamma:
         for link in model.links():
             if isinstance(link, Bottleneck):

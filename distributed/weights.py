@@ -15,7 +15,6 @@ import io
 import zipfile
 import zlib
 
-import chainer
 import numpy
 from chainer.serializers import npz
 
@@ -98,17 +97,9 @@ def model_arrays(arrays):
     return arrays
 
 
-def size_lazy_layers(model):
-    """Run one small batch through ``model`` (a ResNet classifier) in test mode, so that
-    the layers chainercv sizes at the first forward pass have their weights' shapes."""
-    x = numpy.zeros((1, 3, 32, 32), chainer.get_dtype())
-    with chainer.using_config('train', False), chainer.no_backprop_mode():
-        model.predictor(model.xp.asarray(x))
-
-
 def load_weights(model, arrays, name, arch, trained_with=None):
     """Copy ``arrays`` (``model_arrays``'s dict) into ``model``, a classifier of ``arch``
-    whose layers all have their shapes (``size_lazy_layers``): every array of the model
+    whose layers all have their shapes (``model.create_model``): every array of the model
     from the file, and every array of the file into the model, each of the model's shape.
 
     ``trained_with`` is the arch the file says it was trained with (a checkpoint says),

@@ -117,14 +117,10 @@ def test_missing_weights_are_named_and_default_to_out_model_npz(tmp_path):
 def test_unloadable_weights_are_named(tmp_path):
     garbage = tmp_path / 'garbage.npz'
     garbage.write_text('not a model')
-    # Saved before its first forward pass, chainer stores the lazily sized weights as None:
-    # object arrays, which only pickle reads.
-    empty = save_model(tmp_path / 'empty.npz', initialise=False)
-    for path, message in ((str(garbage), 'is not an .npz archive'),
-                          (empty, 'holds predictor/.* as Python objects')):
-        config = load_eval_config(SMOKE, ['model=' + path])
-        with pytest.raises(ConfigError, match='model file {} {}'.format(path, message)):
-            load_model(config)
+    config = load_eval_config(SMOKE, ['model=' + str(garbage)])
+    with pytest.raises(ConfigError, match='model file {} is not an .npz archive'.format(
+            garbage)):
+        load_model(config)
 
 
 @pytest.fixture(scope='module')

@@ -253,9 +253,14 @@ def test_a_signal_in_any_phase_stops_the_job_with_one_checkpoint(
     with numpy.load(named) as archive:
         assert int(archive['updater/iteration']) == stopped_at
     assert not [p for p in out.iterdir() if p.name.startswith('tmp')]
+    assert processes.left() == {}, 'processes of the job left behind'
     if phase == 'start-up':
         assert stopped_at == 1, output   # the first iteration ends start-up
-    assert processes.left() == {}, 'processes of the job left behind'
+        # ... and its checkpoint resumes (it held no optimizer state: ChainerMN's first
+        # update only broadcast the weights).
+        code, output = finish(train(tiny_sop, out, *overrides[:-2], 'train.epochs=1',
+                                    'resume=auto'))
+        assert code == 0 and 'resumed from {} at iteration 1'.format(named) in output, output
 
 
 @pytest.mark.slow

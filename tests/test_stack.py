@@ -13,13 +13,15 @@ def test_resnet50_fb_forward_backward_update_on_cpu():
                    if type(link).__name__ == 'Bottleneck']
     assert len(bottlenecks) == 16
     assert all((b.conv3.bn.gamma.array == 0).all() for b in bottlenecks)
+    # Every layer is sized on creation (chainercv sizes some at the first forward pass).
+    assert all(param.array is not None for param in model.params())
     optimizer = chainer.optimizers.MomentumSGD(lr=0.1)
     optimizer.setup(model)
     x = numpy.random.RandomState(0).uniform(-100, 100, (2, 3, 32, 32)).astype(numpy.float32)
     t = numpy.array([3, 7], dtype=numpy.int32)
     with chainer.using_config('train', True):
         loss = model(x, t)
-    before = model.predictor.fc6.W.array.copy()  # initialised lazily by the first forward
+    before = model.predictor.fc6.W.array.copy()
     model.cleargrads()
     loss.backward()
     assert loss.dtype == numpy.float32 and numpy.isfinite(loss.array)
