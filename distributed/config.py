@@ -1,15 +1,17 @@
 """Configuration: one dataclass per section, defaults < YAML file < command line.
 
 ``load_config(path, overrides)`` returns a validated ``Config``. Overrides are dotted
-``key.sub=value`` strings whose value is read as YAML (``train.epochs=3``,
-``optimizer.decay_epochs=[30,60]``). Unknown keys, wrong types and impossible values raise
-``ConfigError`` naming the key and what to do. What a file alone cannot tell is checked
-where it is known: the machine (``runtime``), the data tree (``data.sop``), the weights
-(``evaluate.load_model``).
+``key.sub=value`` strings. The value of a text (str) key is taken as typed (``out=0012`` is
+the folder '0012'); any other value is read as YAML (``train.epochs=3``,
+``optimizer.decay_epochs=[30,60]``), as the file is (``_Loader``). Unknown keys, wrong types
+and impossible values raise ``ConfigError`` naming the key and what to do. What a file
+alone cannot tell is checked where it is known: the machine (``runtime``), the data tree
+(``data.sop``), the weights (``evaluate.load_model``).
 """
 import ast
 import dataclasses
 import inspect
+import re
 import textwrap
 import typing
 
@@ -18,6 +20,45 @@ import yaml
 
 class ConfigError(ValueError):
     """A configuration the job cannot run with; the message says what to change."""
+
+
+class _Int(int):
+    """An int read from YAML; ``text`` is how it was written."""
+
+
+class _Float(float):
+    """A float read from YAML; ``text`` is how it was written."""
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader (YAML 1.1: plain values, no Python tags), with two changes.
+
+    Exponent notation without a dot or an exponent sign (1e-3, 5E-5, 1e2, 1.0e3) is a
+    float, as in YAML 1.2, Python and every other tool; YAML 1.1 reads it as a string,
+    which a float key would refuse.
+
+    A number keeps the text it was written as, so that a text key takes what was typed:
+    YAML 1.1 reads ``0012`` as the octal 10 and ``12:30`` as the base-60 750, and the
+    number's digits are not the text a person sees in the file (``_convert``).
+    """
+
+
+def _keep_text(kind, construct):
+    def constructor(loader, node):
+        value = kind(construct(loader, node))
+        value.text = node.value
+        return value
+    return constructor
+
+
+_Loader.add_implicit_resolver(
+    'tag:yaml.org,2002:float',
+    re.compile(r'^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$'),
+    list('-+.0123456789'))
+_Loader.add_constructor('tag:yaml.org,2002:int',
+                        _keep_text(_Int, yaml.SafeLoader.construct_yaml_int))
+_Loader.add_constructor('tag:yaml.org,2002:float',
+                        _keep_text(_Float, yaml.SafeLoader.construct_yaml_float))
 
 
 @dataclasses.dataclass
@@ -147,10 +188,17 @@ NON_NEGATIVE = ('optimizer.lr', 'optimizer.momentum', 'optimizer.weight_decay',
                 'optimizer.warmup_epochs', 'optimizer.decay_factor', 'train.eval_batch_size',
                 'train.log_interval', 'train.stall_timeout', 'train.startup_timeout',
                 'checkpoint.interval')
+# Every integer up to this is exactly a float: a float of whole value below it (1e2) is
+# the int it reads as; above, the float may not be the number written.
+_EXACT_INT = 2 ** 53
 
 
 def _convert(key, value, kind):
-    """Check ``value`` against the field type ``kind``; ints are accepted as floats."""
+    """Check ``value`` against the field type ``kind``; return it as a plain value of it.
+
+    Ints are accepted as floats, floats of whole value (1e2) as ints. A text key takes a
+    number as it was written (``_Loader``).
+    """
     origin = typing.get_origin(kind)
     if origin in (list, typing.List):
         if not isinstance(value, list):
@@ -158,14 +206,24 @@ def _convert(key, value, kind):
                 key, key, value))
         return [_convert('{}[{}]'.format(key, i), v, typing.get_args(kind)[0])
                 for i, v in enumerate(value)]
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    written = getattr(value, 'text', value)
+    if kind is float and number:
         return float(value)
-    if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
+    if kind is int and isinstance(value, float):
+        if value.is_integer() and abs(value) <= _EXACT_INT:
+            return int(value)
+        raise ConfigError('{} must be an int (a whole number), not {}'.format(key, written))
+    if kind is str and number:
+        return str(written)
+    if kind is str and (value is None or isinstance(value, bool)):
+        raise ConfigError('{} must be a str, not {!r}: YAML reads an empty value and null as '
+                          'None, and true, false, yes, no, on and off as true or false; put '
+                          'the text in quotes'.format(key, value))
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ConfigError('{} must be {} {}, not {!r}'.format(
             key, 'an' if kind is int else 'a', kind.__name__, value))
-    return value
+    return int(value) if kind is int else value
 
 
 def _merge(obj, values, prefix=''):
@@ -184,18 +242,34 @@ def _merge(obj, values, prefix=''):
             setattr(obj, name, _convert(key, value, hints[name]))
 
 
-def parse_overrides(overrides):
-    """``['a.b=1', ...]`` -> nested dict, values read as YAML."""
+def _leaf_type(schema, key):
+    """The field type of the dotted ``key`` in the dataclass ``schema``; None when it is
+    not a leaf key there (a section, or unknown: ``_merge`` says which)."""
+    kind = schema
+    for part in key.split('.'):
+        if not dataclasses.is_dataclass(kind):
+            return None
+        kind = typing.get_type_hints(kind).get(part)
+    return None if dataclasses.is_dataclass(kind) else kind
+
+
+def parse_overrides(overrides, schema=None):
+    """``['a.b=1', ...]`` -> nested dict. A text key of ``schema`` takes the value as
+    typed; other values are read as YAML (``_Loader``)."""
     tree = {}
     for item in overrides:
         key, sep, text = item.partition('=')
         if not sep or not key:
             raise ConfigError('override {!r} is not key=value (e.g. train.epochs=3)'.format(item))
-        try:
-            value = yaml.safe_load(text) if text else ''
-        except yaml.YAMLError as e:
-            raise ConfigError('override {}: cannot read {!r} as a value ({})'.format(
-                key, text, e.problem))
+        if schema is not None and _leaf_type(schema, key) is str:
+            # YAML would rewrite what was typed: out=0012 -> 10, out=12:30 -> 750.
+            value = text
+        else:
+            try:
+                value = yaml.load(text, Loader=_Loader) if text else ''
+            except (yaml.YAMLError, ValueError) as e:  # ValueError: an int of 5000 digits
+                raise ConfigError('override {}: cannot read {!r} as a value ({})'.format(
+                    key, text, getattr(e, 'problem', None) or e))
         node = tree
         parts = key.split('.')
         for part in parts[:-1]:
@@ -209,7 +283,7 @@ def parse_overrides(overrides):
 def read_yaml(path):
     try:
         with open(path) as f:
-            return yaml.safe_load(f) or {}
+            return yaml.load(f, Loader=_Loader) or {}
     except FileNotFoundError:
         raise ConfigError('config file {} does not exist; pass an existing file with -c '
                           '(see configs/)'.format(path))
@@ -226,7 +300,7 @@ def build(schema, path=None, overrides=()):
             where = ' (in {})'.format(path)
             _merge(obj, read_yaml(path))
         where = ' (on the command line)'
-        _merge(obj, parse_overrides(overrides))
+        _merge(obj, parse_overrides(overrides, schema))
     except ConfigError as e:
         if str(e).startswith('config file'):
             raise

@@ -1,6 +1,7 @@
 import pytest
+import yaml
 
-from distributed.config import Config, ConfigError, build, describe, load_config
+from distributed.config import Config, ConfigError, build, describe, load_config, to_dict
 
 
 def test_defaults_file_and_overrides_in_order(tmp_path):
@@ -34,6 +35,81 @@ def test_bad_values_name_the_key(override, words):
         load_config(None, [override])
     for word in words:
         assert word in str(error.value)
+
+
+@pytest.mark.parametrize('override, key, value', [
+    ('optimizer.lr=1e-3', 'optimizer.lr', 0.001),
+    ('optimizer.weight_decay=5E-5', 'optimizer.weight_decay', 5e-5),
+    ('optimizer.lr=1.0e3', 'optimizer.lr', 1000.0),         # YAML 1.1 wants 1.0e+3
+    ('optimizer.lr=.5e-1', 'optimizer.lr', 0.05),
+    ('train.epochs=1e2', 'train.epochs', 100.0),
+    ('optimizer.decay_epochs=[3e1, 6e1]', 'optimizer.decay_epochs', [30.0, 60.0]),
+    ('train.batch_size=1e1', 'train.batch_size', 10),        # a whole number: an int
+    ('checkpoint.interval=2.5e3', 'checkpoint.interval', 2500),
+    ('train.batch_size=16.0', 'train.batch_size', 16),
+])
+def test_exponent_notation_is_a_number(override, key, value):
+    config = load_config(None, [override])
+    section, name = key.split('.')
+    got = getattr(getattr(config, section), name)
+    assert got == value and type(got) is type(value)
+    yaml.safe_dump(to_dict(config))  # plain values: the resolved config can be written
+
+
+def test_exponent_notation_in_a_file(tmp_path):
+    path = tmp_path / 'c.yaml'
+    path.write_text('optimizer:\n  weight_decay: 5e-5\n  lr: 1e-3\n'
+                    'train:\n  epochs: 1e2\n  batch_size: 1e1\n')
+    config = load_config(str(path))
+    assert (config.optimizer.weight_decay, config.optimizer.lr) == (5e-5, 1e-3)
+    assert (config.train.epochs, config.train.batch_size) == (100.0, 10)
+
+
+@pytest.mark.parametrize('override, words', [
+    ('train.batch_size=2.5e0', ['train.batch_size must be an int (a whole number), not 2.5e0']),
+    ('train.batch_size=1e20', ['train.batch_size must be an int']),  # beyond float's exact ints
+    ('optimizer.lr=1e-3x', ["optimizer.lr must be a float, not '1e-3x'"]),
+])
+def test_numbers_that_are_not_what_the_key_takes(override, words):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, [override])
+    for word in words:
+        assert word in str(error.value)
+
+
+@pytest.mark.parametrize('typed', ['0012', '12:30', '1e3', '0x1F', '1_000', '1.50', 'yes',
+                                   'null', '~', '[a, b]', '.inf', "'quoted'", '#1', 'a: b'])
+def test_text_keys_take_the_value_as_typed(typed):
+    # YAML 1.1 would make 0012 the octal 10 and 12:30 the base-60 750: another folder.
+    config = load_config(None, ['out=' + typed, 'data.root=' + typed, 'resume=' + typed])
+    assert config.out == config.data.root == config.resume == typed
+    yaml.safe_dump(to_dict(config))
+
+
+def test_text_keys_that_look_like_numbers():
+    config = load_config(None, ['device=01', 'optimizer.warmup_start=5e-1'])
+    assert config.device == '01' and config.optimizer.warmup_start == '5e-1'
+    # Other keys still read YAML.
+    assert load_config(None, ['train.progress=off']).train.progress is False
+
+
+def test_text_keys_in_a_file_take_a_number_as_written(tmp_path):
+    # A number where text belongs is the text the file shows, as on the command line.
+    path = tmp_path / 'c.yaml'
+    path.write_text('out: 0012\ndevice: 01\ndata:\n  root: 12:30\nresume: 1e3\n')
+    config = load_config(str(path))
+    assert (config.out, config.device, config.data.root, config.resume) == (
+        '0012', '01', '12:30', '1e3')
+    yaml.safe_dump(to_dict(config))
+
+
+@pytest.mark.parametrize('line', ['out: yes', 'out: off', 'out:', 'out: null'])
+def test_text_keys_in_a_file_say_to_quote_yaml_words(tmp_path, line):
+    path = tmp_path / 'c.yaml'
+    path.write_text(line + '\n')
+    with pytest.raises(ConfigError, match=r'out must be a str, not .*put the text in quotes '
+                       r'\(in .*c.yaml\)$'):
+        load_config(str(path))
 
 
 def test_a_value_and_a_key_below_it_conflict():

@@ -99,6 +99,12 @@ def test_model_shorthand_keeps_the_network_section(model_file):
     assert config.split == 'train' and config.data.crop_size == 64
 
 
+def test_the_model_shorthand_takes_the_path_as_typed():
+    # model=PATH is model.path=PATH, a text key: YAML would make 0012 the octal 10.
+    assert load_eval_config(SMOKE, ['model=0012']).model.path == '0012'
+    assert load_eval_config(SMOKE, ['model=12:30']).model.path == '12:30'
+
+
 def test_bad_split_is_named(model_file):
     with pytest.raises(ConfigError, match="split must be one of test, train, not 'val'"):
         load_eval_config(SMOKE, ['model=' + model_file, 'split=val'])
