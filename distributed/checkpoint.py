@@ -353,14 +353,17 @@ class Checkpointer(chainer.training.Extension):
 
 
 class _StopOr:
-    """The trainer's stop trigger, or a stop agreed by the checkpointer."""
+    """The trainer's stop trigger, a stop agreed by the checkpointer, or a run at or past
+    its end (chainer's interval trigger fires only as it crosses the end: a run resumed
+    with fewer epochs than its checkpoint holds would train on)."""
 
     def __init__(self, trigger, checkpointer):
         self.trigger = trigger
         self.checkpointer = checkpointer
 
     def __call__(self, trainer):
-        return self.checkpointer.stopped_by is not None or self.trigger(trainer)
+        return (self.checkpointer.stopped_by is not None or self.trigger(trainer)
+                or self.checkpointer.finished(trainer))
 
     def serialize(self, serializer):
         if hasattr(self.trigger, 'serialize'):

@@ -30,15 +30,25 @@ FALLBACK_GRACE_S = 30.0
 watchdog's own thread could not run (the stalled thread holds Python's interpreter lock)."""
 
 
+REPEAT_WINDOW_S = 5.0
+"""Stop signals within this many seconds of the first count as that one stop."""
+
+
 class StopSignal:
     """Records the first SIGTERM/SIGINT instead of dying of it.
 
-    A second stop signal (either kind) ends the process at once, by that signal's
-    default action: a user pressing Ctrl-C again, or a scheduler insisting.
+    The same stop often arrives more than once: ``pkill -f launch.train`` signals mpiexec,
+    which passes it on, and the rank itself; a scheduler signals every process and the
+    batch script passes it on too. Signals within ``repeat_window`` seconds of the first
+    count as that one stop. A stop signal after that (either kind) ends the process at
+    once, by that signal's default action: a user pressing Ctrl-C again, or a scheduler
+    insisting.
     """
 
-    def __init__(self):
+    def __init__(self, repeat_window=REPEAT_WINDOW_S):
         self.signum = None
+        self.repeat_window = repeat_window
+        self._first = None
         self._previous = {}
 
     def install(self):
@@ -51,11 +61,12 @@ class StopSignal:
         self._previous = {}
 
     def _handle(self, signum, frame):
-        if self.signum is not None:
+        now = time.monotonic()
+        if self.signum is None:
+            self.signum, self._first = signum, now
+        elif now - self._first >= self.repeat_window:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
-            return
-        self.signum = signum
 
 
 @contextlib.contextmanager

@@ -43,10 +43,11 @@ def create_trainer(config, runtime, model, optimizer, train_iter, test_iter, sch
         'an evaluation batch after iteration {}'.format(trainer.updater.iteration)))
     evaluator = extensions.Evaluator(test_iter, model, device=runtime.device,
                                      converter=evaluating)
+    trainer.extend(MeanBatchNormStatistics(runtime.comm, model,
+                                           evaluation_trigger(config.train)))
     trainer.extend(chainermn.create_multi_node_evaluator(evaluator, runtime.comm),
                    trigger=evaluation_trigger(config.train), name='validation')
     if runtime.is_root:
-        write_config(config, config.out)
         add_reports(trainer, config, model)
     checkpoint.attach(trainer, runtime.comm, runtime.is_root, config.checkpoint.interval,
                       config.checkpoint.keep, stop_signal,
@@ -74,12 +75,17 @@ def run(trainer, config, runtime, datasets):
         runtime.rank, os.getpid(), socket.gethostname()))
     resumed, lines = checkpoint.load(trainer, runtime.comm, runtime.is_root, config.resume,
                                      config.out)
+    checkpointer = trainer.get_extension('checkpointer')
     if runtime.is_root:
         # Lets a message from mpiexec about a process id be traced to its rank.
         print('ranks: ' + ', '.join(where), flush=True)
         for line in lines + checkpoint.settle(config.out, resumed):
             print(line, flush=True)
-    checkpointer = trainer.get_extension('checkpointer')
+        if resumed and checkpointer.finished(trainer):
+            print('the checkpoint is at or past the end of this run (train.epochs={}): '
+                  'nothing to train'.format(config.train.epochs), flush=True)
+        # After the checkpoint is accepted: a refused resume leaves the folder's as it was.
+        write_config(config, config.out)
     # Uncaught errors are reported by the launcher or the runtime's abort hook, once.
     trainer.run(show_loop_exception_msg=False)
     runtime.comm.mpi_comm.barrier()  # rank 0 may still be writing the last checkpoint
@@ -156,6 +162,43 @@ class MeanAcrossRanks(chainer.training.Extension):
         # after a resume from between two triggers is then close, not exact.
         self._trigger.serialize(serializer['trigger'])
         self._summary.serialize(serializer['summary'])
+
+
+class MeanBatchNormStatistics(chainer.training.Extension):
+    """At ``trigger``, replaces every rank's BatchNorm running statistics (``avg_mean``,
+    ``avg_var``) by their mean over the ranks, with one allreduce.
+
+    In training mode BatchNorm normalises with each batch's own statistics; the running
+    ones serve only evaluation and the saved model, and each rank accumulates its own
+    from its shard. Averaged before each evaluation, every rank evaluates the same model,
+    the one rank 0 saves: the logged test accuracy is ``model.npz``'s (it was the mean of
+    the ranks' accuracies, each with its own statistics, while ``model.npz`` held rank 0's).
+    Training itself is unchanged.
+    """
+    priority = chainer.training.PRIORITY_WRITER + 2  # before the evaluator and the savers
+    name = 'mean_batchnorm_statistics'
+
+    def __init__(self, comm, model, trigger):
+        self._comm = comm
+        self._links = [link for link in model.links()
+                       if isinstance(link, chainer.links.BatchNormalization)]
+        self.trigger = trigger
+
+    def __call__(self, trainer):
+        from mpi4py import MPI
+        arrays = [getattr(link, name) for link in self._links
+                  for name in ('avg_mean', 'avg_var')]
+        if self._comm.size == 1 or not arrays:
+            return
+        cpu = chainer.backend.CpuDevice()
+        total = numpy.concatenate([cpu.send(a).ravel().astype(numpy.float64) for a in arrays])
+        self._comm.mpi_comm.Allreduce(MPI.IN_PLACE, total)
+        total /= self._comm.size
+        start = 0
+        for array in arrays:
+            mean = total[start:start + array.size].reshape(array.shape).astype(array.dtype)
+            array[...] = chainer.backend.get_device_from_array(array).send(mean)
+            start += array.size
 
 
 def add_reports(trainer, config, model):

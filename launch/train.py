@@ -40,7 +40,8 @@ def train(config, stop_signal):
 
 def main(argv=None):
     args = cli.parse_args(argv, __doc__, 'train.epochs=3 data.root=/data/SOP')
-    # From the start: a signal during start-up stops the job after its first iteration.
+    # From the start (a signal during start-up stops the job after its first iteration) to
+    # the exit (one after the last iteration changes nothing: the run is complete).
     stop_signal = StopSignal()
     stop_signal.install()
     try:
@@ -51,8 +52,6 @@ def main(argv=None):
         runtime, summary = train(config, stop_signal)
     except (ConfigError, DataError, StartupError, CheckpointError) as e:
         return cli.fail(e)
-    finally:
-        stop_signal.uninstall()
     if runtime.is_root:
         print(describe(summary), file=sys.stderr if summary['stopped_by'] else sys.stdout)
     return 128 + summary['stopped_by'] if summary['stopped_by'] else 0

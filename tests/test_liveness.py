@@ -22,27 +22,32 @@ def python(code, timeout=120):
                           text=True, timeout=timeout)
 
 
-SIGNAL_TWICE = '''
+SIGNAL_AGAIN = '''
 import os
 import signal
+import time
 import distributed
 from distributed.liveness import StopSignal
 signum = signal.{}
-StopSignal().install()
+StopSignal(repeat_window=1.0).install()
 os.kill(os.getpid(), signum)
 print('after the first', flush=True)
+os.kill(os.getpid(), signum)   # the same stop passed on twice (mpiexec and pkill)
+print('after the repeat', flush=True)
+time.sleep(1.2)
 os.kill(os.getpid(), signum)
 print('after the second', flush=True)
 '''
 
 
 @pytest.mark.parametrize('name', ['SIGTERM', 'SIGINT'])
-def test_a_second_signal_of_the_same_kind_ends_the_process_at_once(name):
-    # The first only asks for a checkpoint; a second (a user pressing Ctrl-C again, a
-    # scheduler insisting) ends the process by that signal, without waiting for one.
-    done = python(SIGNAL_TWICE.format(name))
+def test_a_second_signal_ends_the_process_at_once_and_a_repeat_does_not(name):
+    # The first only asks for a checkpoint. A repeat within the window is the same stop
+    # passed on twice; a second one later (a user pressing Ctrl-C again, a scheduler
+    # insisting) ends the process by that signal, without waiting for a checkpoint.
+    done = python(SIGNAL_AGAIN.format(name))
     assert done.returncode == -getattr(signal, name), (done.returncode, done.stderr)
-    assert done.stdout == 'after the first\n', done.stdout
+    assert done.stdout == 'after the first\nafter the repeat\n', done.stdout
 
 
 def test_the_watchdog_fires_after_the_timeout_naming_rank_and_last_progress():
@@ -198,6 +203,8 @@ def checkpoint_named(output):
     ('training', signal.SIGINT, 'rank 1'),
     # As SLURM delivers it: to every process of the job, loader workers included.
     ('training', signal.SIGTERM, 'every process'),
+    # As `pkill -f launch.train` does: mpiexec (which passes it on) and the ranks.
+    ('training', signal.SIGTERM, 'mpiexec and the ranks'),
     # As Hydra delivers it: to the rank's process group (its loader workers are in it).
     ('evaluation', signal.SIGTERM, 'rank 0 group'),
     ('checkpoint write', signal.SIGTERM, 'mpiexec'),
@@ -229,6 +236,10 @@ def test_a_signal_in_any_phase_stops_the_job_with_one_checkpoint(
     sent = time.monotonic()
     if target == 'mpiexec':
         os.kill(proc.pid, signum)
+    elif target == 'mpiexec and the ranks':
+        os.kill(proc.pid, signum)
+        for pid in ranks.values():
+            os.kill(pid, signum)
     elif target == 'every process':
         for pid in processes.seen:
             try:

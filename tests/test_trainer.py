@@ -5,7 +5,7 @@ import numpy
 import pytest
 from chainer.training import extensions
 
-from distributed.trainer import EveryAndAtEnd, MeanAcrossRanks, describe
+from distributed.trainer import EveryAndAtEnd, MeanAcrossRanks, MeanBatchNormStatistics, describe
 
 
 class Reporting(chainer.Link):
@@ -98,3 +98,21 @@ def test_the_closing_line():
     assert describe(summary) == ('test accuracy 0.750 (loss 0.500) after 8.00 epochs (80 '
                                  'iterations), 60 s, 42.0 images/s on 2 ranks; results in /r')
     assert describe(dict(summary, test_accuracy=None)).startswith('not evaluated after')
+
+
+@pytest.mark.mpi
+def test_batchnorm_running_statistics_are_averaged_over_the_ranks(world):
+    # Each rank's running statistics are its own shard's; before an evaluation every rank
+    # takes their mean, so that all evaluate (and rank 0 saves) the same model.
+    comm = chainermn.create_communicator('naive')
+    model = chainer.Sequential(chainer.links.Linear(2, 3), chainer.links.BatchNormalization(3))
+    bn = model[1]
+    bn.avg_mean[...] = comm.rank + 1
+    bn.avg_var[...] = 2.0 * (comm.rank + 1)
+    weights = model[0].W.array.copy()
+    MeanBatchNormStatistics(comm, model, (1, 'iteration'))(None)
+    ranks_mean = numpy.mean([r + 1 for r in range(comm.size)])
+    numpy.testing.assert_allclose(bn.avg_mean, numpy.full(3, ranks_mean, numpy.float32))
+    numpy.testing.assert_allclose(bn.avg_var, numpy.full(3, 2 * ranks_mean, numpy.float32))
+    assert bn.avg_mean.dtype == numpy.float32
+    numpy.testing.assert_array_equal(model[0].W.array, weights)  # weights untouched
