@@ -1,5 +1,6 @@
 """Who am I: the communicator, rank, size, device and ``is_root``, decided once."""
 import dataclasses
+import errno
 import multiprocessing
 import multiprocessing.forkserver
 import os
@@ -221,25 +222,38 @@ def abort(message, code):
 
     The launcher forwards each rank's output on its own schedule and may tear the job down
     as soon as the abort reaches it; a message written in pieces (a traceback) was seen cut
-    after its first line. One write and a short pause let it out whole.
+    after its first line. One write and a short pause let it out whole. Never returns:
+    MPICH's ``MPI_Abort`` was seen to return while its launcher tore the job down.
     """
     sys.stderr.write(message if message.endswith('\n') else message + '\n')
     sys.stderr.flush()
     time.sleep(ABORT_GRACE_S)
     from mpi4py import MPI
     MPI.COMM_WORLD.Abort(code)
+    os._exit(code)
+
+
+MACHINE_FAULTS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+"""Errors of the machine, not of the program (a full disk, a quota, a read-only or
+forbidden folder): said in one line, without a traceback."""
 
 
 def _abort_on_uncaught(exctype, value, tb):
     # What chainermn's global_except_hook does (print, then MPI_Abort), with the message
     # written whole before the abort. An error that carries an ``exit_code`` is one a
     # user can act on: its message alone is shown, and the job ends with that code.
+    from mpi4py import MPI
+    rank = MPI.COMM_WORLD.Get_rank()
     code = getattr(value, 'exit_code', None)
     if code:
         abort('error: {}'.format(value), code)
-    from mpi4py import MPI
+    if isinstance(value, OSError) and value.errno in MACHINE_FAULTS:
+        # Checkpoints and results are written to a temporary name and renamed: the files
+        # written before this one are intact.
+        abort('error: rank {}: {}; the files written before are intact: fix that and run '
+              'again (launch.train continues with resume=auto)'.format(rank, value), 1)
     abort('{}Uncaught exception on rank {}: stopping every rank (MPI_Abort).'.format(
-        ''.join(traceback.format_exception(exctype, value, tb)), MPI.COMM_WORLD.Get_rank()), 1)
+        ''.join(traceback.format_exception(exctype, value, tb)), rank), 1)
 
 
 def _abort_on_uncaught_in_thread(args):

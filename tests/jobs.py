@@ -11,7 +11,9 @@ import pytest
 
 from launching import MPIEXEC, REPO, descendants, process_tree
 
-ENV = dict(os.environ, OMP_NUM_THREADS='1', OPENBLAS_NUM_THREADS='1', MKL_NUM_THREADS='1')
+# PYTHONPATH: a script run by path imports this tree's package, not an installed copy.
+ENV = dict(os.environ, OMP_NUM_THREADS='1', OPENBLAS_NUM_THREADS='1', MKL_NUM_THREADS='1',
+           PYTHONPATH=REPO)
 TINY = ['data.crop_size=32', 'data.scale_size=36', 'data.loader=serial', 'train.batch_size=4',
         'train.progress=false', 'optimizer.lr=0.01', 'optimizer.warmup_epochs=0',
         'device=cpu', 'model.arch=resnet50']
