@@ -43,6 +43,20 @@ DAMAGES = ('truncated', 'empty', 'zeros', 'crc', 'folder', 'not_an_array')
 """The ways a checkpoint or model file is found damaged (``damage``)."""
 
 
+def weights_that_do_not_fit(kind, model_file, path, marker):
+    """Write a copy of the classifier weights ``model_file`` that does not fit a resnet50
+    to ``path``: ``kind`` 'object_array' (its first convolution an object array whose
+    unpickling creates ``marker``) or 'lazy_shape' (a first convolution for 4 channels).
+    Returns the words the refusal must contain."""
+    arrays = arrays_of(model_file)
+    arrays['predictor/conv1/conv/W'] = (
+        object_array(marker) if kind == 'object_array'
+        else numpy.ones((64, 4, 7, 7), numpy.float32))
+    rewrite(path, arrays)
+    return ('as Python objects' if kind == 'object_array'
+            else 'is float32 (64, 4, 7, 7) where the network has float32 (64, 3, 7, 7)')
+
+
 def damage(source, target, how):
     """Write ``target`` as the .npz ``source`` damaged ``how`` (one of ``DAMAGES``):
     cut to half its size (an interrupted copy), empty, zero bytes of the same size, one

@@ -223,18 +223,12 @@ def test_two_ranks_refuse_weights_that_do_not_fit_in_one_line(kind, uneven_sop, 
     """A resnet101 file scored as a resnet50, an object array whose unpickling creates a
     file, a first convolution for 4 channels: each stops both ranks with one line and
     exit 2, nothing run, nothing written."""
-    from files import arrays_of, object_array, rewrite
+    from files import weights_that_do_not_fit
     marker = tmp_path / 'ran'
     path, message = resnet101_file, 'pass model.arch=resnet101'
     if kind != 'resnet101':
-        arrays = arrays_of(model_file)
         path = str(tmp_path / 'model.npz')
-        arrays['predictor/conv1/conv/W'] = (
-            object_array(marker) if kind == 'object_array'
-            else numpy.ones((64, 4, 7, 7), numpy.float32))
-        rewrite(path, arrays)
-        message = ('as Python objects' if kind == 'object_array'
-                   else 'is float32 (64, 4, 7, 7) where the network has float32 (64, 3, 7, 7)')
+        message = weights_that_do_not_fit(kind, model_file, path, marker)
     out = tmp_path / 'out'
     done = run_launcher('launch.evaluate', ['-c', SMOKE, 'model=' + path, 'out=' + str(out),
                                             'data.root=' + uneven_sop] + TINY,

@@ -105,20 +105,14 @@ def test_launcher_refuses_weights_that_do_not_fit_in_one_line(kind, small_sop, m
     read 320 of its 626 arrays), an object array whose unpickling creates a file, a first
     convolution for 4 channels (a lazily sized layer: chainer sizes it by the file): each
     is one line and exit 2, with no image classified and no code run."""
-    from files import arrays_of, object_array, rewrite
+    from files import weights_that_do_not_fit
     marker = tmp_path / 'ran'
+    path = str(tmp_path / 'model.npz')
     if kind == 'resnet101':
-        path = save_model(tmp_path / 'model.npz', arch='resnet101')
+        save_model(path, arch='resnet101')
         message = 'holds the weights of a resnet101'
     else:
-        arrays = arrays_of(model_file)
-        path = str(tmp_path / 'model.npz')
-        arrays['predictor/conv1/conv/W'] = (
-            object_array(marker) if kind == 'object_array'
-            else numpy.ones((64, 4, 7, 7), numpy.float32))
-        rewrite(path, arrays)
-        message = ('as Python objects' if kind == 'object_array'
-                   else 'is float32 (64, 4, 7, 7) where the network has float32 (64, 3, 7, 7)')
+        message = weights_that_do_not_fit(kind, model_file, path, marker)
     done = run_launcher('launch.predict', ['-c', SMOKE, 'model=' + path] + TINY
                         + some_images(small_sop, 1))
     assert not marker.exists(), 'loading the model ran the code in it'
