@@ -64,7 +64,7 @@ class BenchConfig:
     device: str = 'auto'
     """'auto', 'cpu' or a GPU id, as in training."""
     seed: int = 0
-    """Seed of the synthetic data and the generated JPEGs."""
+    """Seed of the synthetic data and the generated JPEGs (0..2147483647)."""
     out: str = 'results/benchmark'
     """Folder of benchmark.json (rank 0 writes it)."""
 
@@ -86,7 +86,9 @@ def load_bench_config(path=None, overrides=()):
     if config.pipeline_images < 0:
         raise config_module.ConfigError('pipeline_images must be 0 or more, not {!r}'.format(
             config.pipeline_images))
-    # The training schema checks arch, dtype and device; reuse it rather than repeat it.
+    # Synthetic data and JPEGs are drawn with seed + rank, as training draws.
+    config_module.check_seed('seed', config.seed)
+    # The training schema checks arch, dtype, device and out; reuse it rather than repeat it.
     config_module.validate(training_config(config))
     return config
 

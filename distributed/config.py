@@ -9,8 +9,11 @@ alone cannot tell is checked where it is known: the machine (``runtime``), the d
 (``data.sop``), the weights (``evaluate.load_model``).
 """
 import ast
+import codecs
 import dataclasses
 import inspect
+import math
+import os
 import re
 import textwrap
 import typing
@@ -122,16 +125,17 @@ class TrainConfig:
     """Iterations between log lines (0: once per epoch), and one at the end; the plots have
     a point per log line."""
     seed: int = 0
-    """Seed for data scattering, augmentation and weight initialisation."""
+    """Seed for data scattering, augmentation and weight initialisation (0..2147483647)."""
     progress: bool = True
     """Show a progress bar on rank 0."""
     dtype: str = 'float32'
     """'float32', or 'mixed16' (chainer's mixed precision with dynamic loss scaling; for GPUs)."""
     stall_timeout: float = 600.0
     """Seconds a rank may go without progress (an iteration, an evaluation batch) before it
-    prints its stacks and the job stops (0: never)."""
+    prints its stacks and the job stops (0: never; at most a year)."""
     startup_timeout: float = 1800.0
-    """The same for start-up: from launch to the end of the first iteration (0: never)."""
+    """The same for start-up: from launch to the end of the first iteration (0: never; at
+    most a year)."""
 
 
 @dataclasses.dataclass
@@ -188,6 +192,15 @@ NON_NEGATIVE = ('optimizer.lr', 'optimizer.momentum', 'optimizer.weight_decay',
                 'optimizer.warmup_epochs', 'optimizer.decay_factor', 'train.eval_batch_size',
                 'train.log_interval', 'train.stall_timeout', 'train.startup_timeout',
                 'checkpoint.interval')
+# Each rank seeds NumPy's RandomState with seed + rank, which must stay below 2**32: this
+# leaves room for 2**31 ranks.
+MAX_SEED = 2 ** 31 - 1
+# The watchdog's deadlines must fit the platform's clock (Python refuses waits past
+# 292 years); a year is longer than any run, and 0 turns a watchdog off.
+MAX_TIMEOUT_S = 365 * 24 * 3600
+TIMEOUTS = ('train.stall_timeout', 'train.startup_timeout')
+
+
 # Every integer up to this is exactly a float: a float of whole value below it (1e2) is
 # the int it reads as; above, the float may not be the number written.
 _EXACT_INT = 2 ** 53
@@ -196,8 +209,9 @@ _EXACT_INT = 2 ** 53
 def _convert(key, value, kind):
     """Check ``value`` against the field type ``kind``; return it as a plain value of it.
 
-    Ints are accepted as floats, floats of whole value (1e2) as ints. A text key takes a
-    number as it was written (``_Loader``).
+    Ints are accepted as floats, floats of whole value (1e2) as ints; a float must be
+    finite: nan and inf pass every comparison a check could make and ruin the run later.
+    A text key takes a number as it was written (``_Loader``).
     """
     origin = typing.get_origin(kind)
     if origin in (list, typing.List):
@@ -209,7 +223,13 @@ def _convert(key, value, kind):
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     written = getattr(value, 'text', value)
     if kind is float and number:
-        return float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an int beyond float's range
+            value = math.inf
+        if not math.isfinite(value):
+            raise ConfigError('{} must be a finite number, not {}'.format(key, written))
+        return value
     if kind is int and isinstance(value, float):
         if value.is_integer() and abs(value) <= _EXACT_INT:
             return int(value)
@@ -281,14 +301,63 @@ def parse_overrides(overrides, schema=None):
 
 
 def read_yaml(path):
+    """The content of the config file at ``path``: UTF-8 (with or without a byte-order
+    mark) or UTF-16 with one (Notepad's "Unicode"); anything else is one ``ConfigError``
+    line saying what to do."""
+    name = 'config file {}'.format(path)
     try:
-        with open(path) as f:
-            return yaml.load(f, Loader=_Loader) or {}
+        with open(path, 'rb') as f:
+            raw = f.read()
     except FileNotFoundError:
-        raise ConfigError('config file {} does not exist; pass an existing file with -c '
-                          '(see configs/)'.format(path))
+        raise ConfigError('{} does not exist; pass an existing file with -c (see '
+                          'configs/)'.format(name))
+    except IsADirectoryError:
+        raise ConfigError('{} is a folder, not a YAML file; pass a file with -c, e.g. -c '
+                          'configs/smoke.yaml'.format(name))
+    except OSError as e:
+        raise ConfigError('{} cannot be read ({}); pass a file you can read with -c'.format(
+            name, e.strerror or e))
+    text = _decode(raw, name)
+    try:
+        return yaml.load(text, Loader=_Loader) or {}
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = ' line {}, column {}:'.format(mark.line + 1, mark.column + 1) if mark else ''
+        raise ConfigError('{} is not valid YAML:{} {}{}; fix that line'.format(
+            name, where, e.problem or e.context,
+            ' ({})'.format(e.context) if e.problem and e.context else ''))
+    except yaml.reader.ReaderError as e:  # a control character
+        raise ConfigError('{} is not valid YAML: line {} holds the character U+{:04X}, which '
+                          'YAML does not allow; remove it'.format(
+                              name, text.count('\n', 0, e.position) + 1, e.character))
     except yaml.YAMLError as e:
-        raise ConfigError('config file {} is not valid YAML: {}'.format(path, e))
+        raise ConfigError('{} is not valid YAML: {}'.format(name, ' '.join(str(e).split())))
+    except ValueError as e:  # an int of more digits than Python converts
+        raise ConfigError('{} holds a value that cannot be read ({})'.format(name, e))
+
+
+def _decode(raw, name):
+    """The text of a config file's bytes; a ``ConfigError`` saying how to save it."""
+    for bom, codec in ((codecs.BOM_UTF8, 'utf-8-sig'), (codecs.BOM_UTF16_LE, 'utf-16'),
+                       (codecs.BOM_UTF16_BE, 'utf-16')):
+        if raw.startswith(bom):
+            break
+    else:
+        codec = 'utf-8'
+    try:
+        text = raw.decode(codec)
+    except UnicodeDecodeError as e:
+        text = None
+        reason = 'byte {} at line {} is not UTF-8'.format(
+            hex(raw[e.start]), raw.count(b'\n', 0, e.start) + 1)
+    if text is not None and '\0' not in text:
+        return text
+    if b'\0' in raw and codec == 'utf-8':
+        # Text in UTF-16 has a zero byte beside every ASCII character.
+        reason = 'it holds zero bytes: UTF-16 without a byte-order mark, or not a text file'
+    elif text is not None:
+        reason = 'it holds zero bytes: not a text file'
+    raise ConfigError('{} is not UTF-8 text ({}); save it as UTF-8'.format(name, reason))
 
 
 def build(schema, path=None, overrides=()):
@@ -342,9 +411,46 @@ def validate(config):
     if not config.data.root:
         raise ConfigError('data.root is empty; give the path to Stanford_Online_Products '
                           '(data.root=/path/to/Stanford_Online_Products) or minisop')
-    if not config.out:
-        raise ConfigError('out is empty; name a results folder, e.g. out=results/run1')
+    check_seed('train.seed', config.train.seed)
+    for key in TIMEOUTS:
+        if _get(config, key) > MAX_TIMEOUT_S:
+            raise ConfigError('{} must be at most {} (a year), not {}; 0 turns the watchdog '
+                              'off'.format(key, MAX_TIMEOUT_S, _get(config, key)))
+    check_folder('out', config.out)
     return config
+
+
+def check_seed(key, seed):
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError('{} must be within 0..{}, not {}'.format(key, MAX_SEED, seed))
+
+
+def check_folder(key, path):
+    """A results folder that can be made: ``path`` names no file, nor is it below one."""
+    if not path:
+        raise ConfigError('{} is empty; name a results folder, e.g. {}=results/run1'.format(
+            key, key))
+    blocking = _file_in_the_way(path)
+    if blocking == os.path.abspath(path):
+        raise ConfigError('{} {} is a file, not a folder; name a results folder, e.g. '
+                          '{}=results/run1, or move the file away'.format(key, path, key))
+    if blocking:
+        raise ConfigError('{} {} cannot be a folder: {} is a file; name another results '
+                          'folder, e.g. {}=results/run1'.format(key, path, blocking, key))
+
+
+def _file_in_the_way(path):
+    """The nearest of ``path`` and the folders above it that exists and is not a folder
+    (a file, a broken link), where the results folder would have to be made; or None."""
+    probe = os.path.abspath(path)
+    while not os.path.isdir(probe):
+        if os.path.lexists(probe):
+            return probe
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return None
+        probe = parent
+    return None
 
 
 def _in_unit(text):

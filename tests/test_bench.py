@@ -64,6 +64,41 @@ def test_benchmark_rejects_bad_keys(tmp_path):
     assert done.returncode == 2 and "unknown config key 'crop'" in done.stderr
 
 
+@pytest.mark.parametrize('override, message', [
+    ('seed=-1', 'seed must be within 0..2147483647, not -1'),     # RandomState(seed + rank)
+    ('seed=4294967295', 'seed must be within 0..2147483647'),
+    ('pipeline_noise=.nan', 'pipeline_noise must be a finite number, not .nan'),
+    ('out={tmp}/notes.txt', 'notes.txt is a file, not a folder'),  # written after the run
+    ('out={tmp}/notes.txt/bench', 'notes.txt is a file'),
+])
+def test_benchmark_config_refuses_what_would_fail_later(override, message, tmp_path):
+    from distributed.bench import load_bench_config
+    from distributed.config import ConfigError
+    (tmp_path / 'notes.txt').write_text('not a folder')
+    with pytest.raises(ConfigError) as error:
+        load_bench_config(None, [override.format(tmp=tmp_path)])
+    assert message in str(error.value)
+
+
+def test_benchmark_config_reads_exponent_notation_and_files(tmp_path):
+    from distributed.bench import load_bench_config
+    from distributed.config import ConfigError
+    path = tmp_path / 'bench.yaml'
+    path.write_text('pipeline_noise: 1e1\nbatch_size: 1.6e1\nout: 0012\n')
+    config = load_bench_config(str(path), ['crop_size=3.2e1'])
+    assert (config.pipeline_noise, config.batch_size, config.crop_size, config.out) == (
+        10.0, 16, 32, '0012')
+    with pytest.raises(ConfigError, match='config file {} is a folder'.format(tmp_path)):
+        load_bench_config(str(tmp_path))
+
+
+def test_two_ranks_refuse_a_bad_seed_with_one_line(tmp_path):
+    done = run_launcher('launch.benchmark', TINY + ['seed=-1', 'out={}'.format(tmp_path)],
+                        ranks=2, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == 'error: seed must be within 0..2147483647, not -1'
+
+
 def _result(ranks, images_per_sec, pipeline=True):
     parts = {'data': 0.001, 'forward': 0.3, 'backward': 0.5, 'wait': 0.01 * (ranks - 1),
              'allreduce': 0.03 * (ranks - 1), 'update': 0.06}

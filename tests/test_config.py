@@ -112,6 +112,88 @@ def test_text_keys_in_a_file_say_to_quote_yaml_words(tmp_path, line):
         load_config(str(path))
 
 
+@pytest.mark.parametrize('override, message', [
+    # numpy's RandomState takes seed + rank below 2**32: a traceback on every rank.
+    ('train.seed=-1', 'train.seed must be within 0..2147483647, not -1'),
+    ('train.seed=4294967296', 'train.seed must be within 0..2147483647, not 4294967296'),
+    # The watchdog's deadline would overflow the clock in its thread.
+    ('train.stall_timeout=.inf', 'train.stall_timeout must be a finite number, not .inf'),
+    ('train.stall_timeout=1e12', 'train.stall_timeout must be at most 31536000 (a year)'),
+    ('train.startup_timeout=1e12', 'train.startup_timeout must be at most 31536000'),
+    # nan passes every comparison: the run would train on a nan loss.
+    ('optimizer.lr=.nan', 'optimizer.lr must be a finite number, not .nan'),
+    ('optimizer.lr=.inf', 'optimizer.lr must be a finite number, not .inf'),
+    ('optimizer.momentum=.NaN', 'optimizer.momentum must be a finite number, not .NaN'),
+    ('train.epochs=-.inf', 'train.epochs must be a finite number, not -.inf'),
+    ('optimizer.weight_decay=1e400', 'optimizer.weight_decay must be a finite number, not '
+     '1e400'),
+    ('optimizer.decay_epochs=[30, .nan]', 'optimizer.decay_epochs[1] must be a finite number'),
+    ('train.epochs=1' + '0' * 400, 'train.epochs must be a finite number'),  # beyond a float
+])
+def test_values_that_would_fail_later_are_refused_at_load(override, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, [override])
+    assert message in str(error.value) and '\n' not in str(error.value)
+
+
+def test_the_largest_seed_and_timeout_are_accepted():
+    config = load_config(None, ['train.seed=2147483647', 'train.stall_timeout=31536000'])
+    assert config.train.seed == 2 ** 31 - 1 and config.train.stall_timeout == 31536000
+
+
+def test_non_finite_numbers_in_a_file(tmp_path):
+    path = tmp_path / 'c.yaml'
+    path.write_text('optimizer:\n  lr: .nan\n')
+    with pytest.raises(ConfigError, match=r'optimizer.lr must be a finite number, not \.nan '
+                       r'\(in .*c.yaml\)'):
+        load_config(str(path))
+
+
+def test_out_must_be_a_folder_that_can_be_made(tmp_path):
+    a_file = tmp_path / 'notes.txt'
+    a_file.write_text('x')
+    with pytest.raises(ConfigError, match='out {} is a file, not a folder; name a results '
+                       'folder'.format(a_file)):
+        load_config(None, ['out={}'.format(a_file)])
+    with pytest.raises(ConfigError, match='out {} cannot be a folder: {} is a file'.format(
+            a_file / 'run1', a_file)):
+        load_config(None, ['out={}'.format(a_file / 'run1')])
+    assert load_config(None, ['out={}'.format(tmp_path / 'new' / 'run1')]).out
+
+
+@pytest.mark.parametrize('encoding', ['utf-8-sig', 'utf-16'])
+def test_config_files_with_a_byte_order_mark_are_read(tmp_path, encoding):
+    path = tmp_path / 'c.yaml'
+    path.write_bytes('train:\r\n  epochs: 3\r\nout: résultats\r\n'.encode(encoding))
+    config = load_config(str(path))
+    assert config.train.epochs == 3 and config.out == 'résultats'
+
+
+@pytest.mark.parametrize('content, message', [
+    ('train:\n  epochs: 3\n'.encode('utf-16-le'),
+     'is not UTF-8 text (it holds zero bytes: UTF-16 without a byte-order mark, or not a '
+     'text file); save it as UTF-8'),
+    ('out: résultats\n'.encode('cp1252'),
+     'is not UTF-8 text (byte 0xe9 at line 1 is not UTF-8); save it as UTF-8'),
+    (b'out: a\x07b\n', 'is not valid YAML: line 1 holds the character U+0007, which YAML '
+     'does not allow; remove it'),
+    (b'train: [1,\n', 'is not valid YAML: line 2, column 1: expected the node content'),
+])
+def test_config_files_that_do_not_read_say_why_in_one_line(tmp_path, content, message):
+    path = tmp_path / 'c.yaml'
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as error:
+        load_config(str(path))
+    assert str(error.value).startswith('config file {} '.format(path))
+    assert message in str(error.value) and '\n' not in str(error.value)
+
+
+def test_a_folder_for_the_config_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match='config file {} is a folder, not a YAML file; pass a '
+                       'file with -c'.format(tmp_path)):
+        load_config(str(tmp_path))
+
+
 def test_a_value_and_a_key_below_it_conflict():
     with pytest.raises(ConfigError, match='override train.epochs conflicts with another'):
         load_config(None, ['train=3', 'train.epochs=2'])

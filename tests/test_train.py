@@ -108,8 +108,13 @@ def test_print_config_shows_the_resolved_config():
     ('optimizer.lr=-0.1', 'optimizer.lr must be zero or positive'),
     ('train.batch_size=0', 'train.batch_size must be positive'),
     ('data.root={empty}', 'has no Ebay_train.txt'),
+    ('train.seed=-1', 'train.seed must be within 0..2147483647, not -1'),
+    ('train.stall_timeout=.inf', 'train.stall_timeout must be a finite number, not .inf'),
+    ('optimizer.lr=.nan', 'optimizer.lr must be a finite number, not .nan'),
+    ('out={empty}/notes.txt', 'notes.txt is a file, not a folder'),
 ])
 def test_bad_input_stops_every_rank_with_one_message(override, message, tmp_path):
+    (tmp_path / 'notes.txt').write_text('not a folder')
     start = time.monotonic()
     done = run_launcher('launch.train', ['-c', 'configs/smoke.yaml', 'out=' + str(tmp_path)]
                         + TINY + [override.format(empty=tmp_path)], ranks=2, timeout=120)
@@ -117,3 +122,18 @@ def test_bad_input_stops_every_rank_with_one_message(override, message, tmp_path
     assert done.stderr.count(message) == 1, done.stderr
     assert 'Traceback' not in done.stderr
     assert time.monotonic() - start < 60
+
+
+@pytest.mark.parametrize('config, message', [
+    ('{tmp}', 'is a folder, not a YAML file'),
+    ('{tmp}/utf16.yaml', 'is not UTF-8 text (it holds zero bytes: UTF-16 without a '
+     'byte-order mark'),
+])
+def test_a_config_file_that_does_not_read_stops_every_rank_in_one_line(config, message,
+                                                                       tmp_path):
+    (tmp_path / 'utf16.yaml').write_bytes('train:\n  epochs: 3\n'.encode('utf-16-le'))
+    done = run_launcher('launch.train', ['-c', config.format(tmp=tmp_path)], ranks=2,
+                        timeout=120)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.count(message) == 1, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
