@@ -1,6 +1,7 @@
 """The Stanford Online Products (SOP) format: label names, index files, validation."""
 import codecs
 import os
+import re
 
 import chainer
 import numpy
@@ -39,29 +40,27 @@ def read_index(root, split):
     relative to ``root``, as written); raises ``DataError`` naming the line to change.
 
     An index is read as a text editor shows it: UTF-8 with or without a byte-order mark,
-    UTF-16 with one (Notepad's "Unicode"), LF, CRLF or CR line endings, a missing final
-    newline, blank lines anywhere, tabs or several spaces between fields, whitespace at
-    either end of a line, and a header line in any case. A line that is not UTF-8 names
-    the file whose name has its bytes, or else the file the Windows-1252 reading names
-    (the legacy encoding an editor would show it in). A path may contain spaces: it is
-    the rest of the line after the third field.
+    UTF-16 with one (Notepad's "Unicode") or without one (the header line tells the byte
+    order), LF, CRLF or CR line endings, a missing final newline, blank lines anywhere,
+    tabs or several spaces between fields, whitespace at either end of a line, and a
+    header line in any case. A line that is not UTF-8 names the file whose name has its
+    bytes, or else the file the Windows-1252 reading names (the legacy encoding an editor
+    would show it in). A path may contain spaces: it is the rest of the line after the
+    third field. A path written with Windows' backslashes between folders names the file
+    it names with '/' when there is no file of the name as written (a POSIX file name
+    may hold a backslash). A spreadsheet's CSV (fields between commas or semicolons, or in
+    double quotes) is refused, saying so.
     """
     path = os.path.join(root, INDEX_FILES[split])
     with open(path, 'rb') as f:
-        lines = _text_lines(f.read())
+        raw = f.read()
+    lines = _text_lines(raw)
     numbered = [(n, line.strip()) for n, line in enumerate(lines, start=1) if line.strip()]
     header = numbered[0][1] if numbered else ''
     if isinstance(header, bytes):
         header = header.decode('cp1252', 'replace')
     if not _is_header(header):
-        first = repr(header[:60]) if numbered else 'nothing'
-        if ',' in header:
-            raise DataError('{} separates its fields with commas (a spreadsheet\'s CSV?); '
-                            'save it as text with spaces or tabs between the fields'.format(
-                                path))
-        raise DataError('{} does not start with the SOP header line {!r} (its first line '
-                        'holds {}); add that line at the top if this is an SOP index '
-                        'file'.format(path, INDEX_HEADER, first))
+        raise DataError(_not_a_header(path, header, numbered, raw))
     rows = []
     for number, line in numbered[1:]:
         if isinstance(line, bytes):
@@ -69,15 +68,58 @@ def read_index(root, split):
         fields = line.split(None, 3)
         try:
             _, class_id, super_id, rel = fields
-            rows.append((int(class_id) - 1, int(super_id) - 1, rel))
+            rows.append((int(class_id) - 1, int(super_id) - 1, _windows_path(root, rel)))
         except ValueError:
             raise DataError('{} line {}: expected "image_id class_id super_class_id path" '
-                            '(three whole numbers, then the image path), got {!r}; fix or '
-                            'delete that line'.format(path, number, line))
+                            '(three whole numbers, then the image path), got {!r}; {}'.format(
+                                path, number, line, _spreadsheet(line, header=False)
+                                or 'fix or delete that line'))
         if not 0 <= rows[-1][1] < len(SUPER_CLASS_NAMES):
             raise DataError('{} line {}: super_class_id {} is outside 1..{}'.format(
                 path, number, super_id, len(SUPER_CLASS_NAMES)))
     return rows
+
+
+def _not_a_header(path, header, numbered, raw):
+    """Why an index file's first line is not the SOP header, and what to do."""
+    if b'\0' in raw:
+        # UTF-16 has a zero byte beside every ASCII character; with the header first,
+        # _text_lines would have read it.
+        return ('{} holds zero bytes: it is UTF-16 without a byte-order mark and without '
+                'the SOP header line {!r} first, or not a text file; save it as UTF-8 text '
+                'that starts with that line'.format(path, INDEX_HEADER))
+    hint = _spreadsheet(header)
+    if hint:
+        return '{} {}'.format(path, hint)
+    return ('{} does not start with the SOP header line {!r} (its first line holds {}); add '
+            'that line at the top if this is an SOP index file'.format(
+                path, INDEX_HEADER, repr(header[:60]) if numbered else 'nothing'))
+
+
+def _spreadsheet(line, header=True):
+    """What to do with a line as a spreadsheet saves it (CSV), or ''. A header line that
+    is not the header may be one in any such dress; an image line is one only if its
+    first three fields are whole numbers once the quotes, commas and semicolons are gone
+    (a path may hold any of them)."""
+    fields = [f for f in re.split(r'[\s,;]+', line.replace('"', '')) if f]
+    if not header and not (len(fields) >= 4 and all(f.isdigit() for f in fields[:3])):
+        return ''
+    what = ('puts its fields in double quotes' if '"' in line
+            else 'separates its fields with semicolons' if ';' in line
+            else 'separates its fields with commas' if ',' in line else '')
+    if not what:
+        return ''
+    return ('{} (a spreadsheet\'s CSV?); save it as text with spaces or tabs between the '
+            'fields and no quotes'.format(what))
+
+
+def _windows_path(root, rel):
+    """``rel`` as written, or with '/' for Windows' '\\' between folders where only that
+    names a file."""
+    if '\\' not in rel or os.path.isfile(os.path.join(root, rel)):
+        return rel
+    posix = rel.replace('\\', '/')
+    return posix if os.path.isfile(os.path.join(root, posix)) else rel
 
 
 def _text_lines(raw):
@@ -90,6 +132,18 @@ def _text_lines(raw):
                 raw = raw[len(bom):]
                 break
             return raw.decode(codec).splitlines()
+    if b'\0' in raw:
+        # UTF-16 without a byte-order mark: the header line, ASCII, tells the byte order
+        # (read in the other one it is a line of CJK characters). No UTF-8 text has a
+        # zero byte.
+        for codec in ('utf-16-le', 'utf-16-be'):
+            try:
+                lines = raw.decode(codec).splitlines()
+            except UnicodeDecodeError:
+                continue
+            first = next((line for line in lines if line.strip()), '')
+            if _is_header(first.strip()):
+                return lines
     lines = []
     for line in raw.splitlines():
         try:
@@ -137,6 +191,12 @@ def check_tree(root):
             hint = (' Paths with characters beyond ASCII must be spelt as the file names '
                     'are: save the index files as UTF-8 (an editor may have saved them in '
                     'a legacy encoding such as Windows-1252).')
+        if any('\\' in rel for rel in missing):
+            hint += (" Paths with Windows' '\\' between folders were looked for with '/' "
+                     'too, and are missing either way.')
+        if any(rel[:1] in '"\'' and rel[-1:] == rel[:1] for rel in missing):
+            hint += (' Paths are not quoted in an SOP index file (a path is the rest of its '
+                     'line): remove the quotes.')
         return ('{} images listed in the index files of {} are missing, e.g. {}. Restore '
                 'them (unzip SOP again) or fix the index files.{}'.format(
                     len(missing), root, ', '.join(missing[:10]), hint))

@@ -76,8 +76,9 @@ def test_quirks_an_editor_shows_correctly_are_read(tree, quirk):
     assert loaded(tree) == expected
 
 
-@pytest.mark.parametrize('encoding', ['utf-8-sig', 'utf-16'])
+@pytest.mark.parametrize('encoding', ['utf-8-sig', 'utf-16', 'utf-16-le', 'utf-16-be'])
 def test_byte_order_marks_and_utf16(tree, encoding):
+    # utf-16-le and -be have no byte-order mark: the header line tells the byte order.
     expected = loaded(tree)
     write_train(tree, ('\r\n'.join(canonical(tree)) + '\r\n').encode(encoding))
     assert loaded(tree) == expected
@@ -130,12 +131,58 @@ def test_paths_with_spaces_are_the_rest_of_the_line(tree):
     assert loaded(tree)[0][0] == os.path.join(str(tree), folder, 'my photo  1.JPG')
 
 
+def test_windows_backslashes_name_the_file_with_slashes(tree):
+    expected = loaded(tree)
+    lines = canonical(tree)
+    write_train(tree, ('\r\n'.join([lines[0]] + [line.replace('/', '\\') for line in lines[1:]])
+                       + '\r\n').encode())
+    assert loaded(tree) == expected
+
+
+def test_a_backslash_in_a_file_name_is_kept_where_that_file_exists(tree):
+    # A POSIX file name may hold a backslash: the path as written comes first.
+    lines = canonical(tree)
+    rel, folder = rename_first_image(tree, lines, b'front\\1.JPG')
+    fields = lines[1].split()
+    write_train(tree, '\n'.join([lines[0], ' '.join(fields[:3] + [folder + '/front\\1.JPG'])]
+                                + lines[2:]).encode())
+    assert loaded(tree)[0][0] == os.path.join(str(tree), folder, 'front\\1.JPG')
+
+
+def test_missing_backslash_and_quoted_paths_say_what_was_tried(tree):
+    lines = canonical(tree)
+    fields = lines[1].split()
+    write_train(tree, '\n'.join([lines[0], ' '.join(fields[:3] + ['bicycle_final\\nope.JPG']),
+                                 ' '.join(fields[:3] + ['"{}"'.format(fields[3])])]
+                                + lines[3:]).encode())
+    error = sop.check_tree(str(tree))
+    assert '2 images listed' in error and 'bicycle_final\\nope.JPG' in error
+    assert "were looked for with '/' too" in error
+    assert 'remove the quotes' in error and '\n' not in error
+
+
 REFUSED = {
     'no_header': (lambda lines: '\n'.join(lines[1:]),
                   "does not start with the SOP header line 'image_id class_id "
                   "super_class_id path' .*add that line at the top"),
     'commas': (lambda lines: '\n'.join(','.join(line.split()) for line in lines),
                'separates its fields with commas .*save it as text with spaces or tabs'),
+    'semicolons': (lambda lines: '\n'.join(';'.join(line.split()) for line in lines),
+                   'separates its fields with semicolons .a spreadsheet.s CSV.*; save it as '
+                   'text with spaces or tabs between the fields and no quotes'),
+    'double_quotes': (lambda lines: '\n'.join(' '.join('"{}"'.format(f) for f in line.split())
+                                              for line in lines),
+                      'puts its fields in double quotes .*save it as text with spaces'),
+    'quoted_csv': (lambda lines: '\n'.join(','.join('"{}"'.format(f) for f in line.split())
+                                           for line in lines),
+                   'puts its fields in double quotes'),
+    'csv_lines_under_a_typed_header': (
+        lambda lines: '\n'.join(lines[:1] + [';'.join(line.split()) for line in lines[1:]]),
+        'line 2: expected .* separates its fields with semicolons'),
+    'utf16_without_bom_or_header': (
+        lambda lines: '\n'.join(lines[1:]).encode('utf-16-le'),
+        'holds zero bytes: it is UTF-16 without a byte-order mark and without the SOP header '
+        'line .* save it as UTF-8 text that starts with that line'),
     'a_short_line': (lambda lines: '\n'.join(lines[:4] + ['17 3 1'] + lines[4:]),
                      'line 5: expected "image_id class_id super_class_id path" .*got '
                      "'17 3 1'; fix or delete that line"),
@@ -147,7 +194,8 @@ REFUSED = {
 @pytest.mark.parametrize('case', sorted(REFUSED))
 def test_what_cannot_be_read_is_refused_with_one_line(tree, case):
     make, message = REFUSED[case]
-    write_train(tree, make(canonical(tree)).encode())
+    data = make(canonical(tree))
+    write_train(tree, data if isinstance(data, bytes) else data.encode())
     error = sop.check_tree(str(tree))
     assert error is not None and '\n' not in error
     assert sop.INDEX_FILES['train'] in error
