@@ -11,10 +11,16 @@ in a viewer is what the network gets:
   unreadable before anything runs.
 - Orientation: the EXIF orientation tag is applied (a camera's portrait photo is upright).
 - Frames: the first frame of animated or multi-page files.
-- Bit depth and mode: 16-bit and 32-bit grayscale are scaled to 8 bits (0..65535 and, for
-  32-bit integers, the same range; floating point 0.0..1.0), 1-bit is black and white,
-  palettes are looked up, CMYK (Adobe's inverted CMYK JPEGs included), YCbCr, LAB and HSV
-  are converted; 16-bit RGB keeps its high byte, as Pillow reads it.
+- Bit depth and mode: grey of more than 8 bits is scaled to 8 bits, white being the
+  largest value of the file's sample type: 65535 for 16 bits; for a TIFF of 32-bit
+  integers 4294967295, or 2147483647 where its SampleFormat tag says signed (a signed
+  16-bit TIFF: 32767), negative values black. Pillow reads 16-bit PGMs (and, in older
+  releases, 16-bit PNGs) into the same 32-bit mode 'I' as such TIFFs, so the mode alone
+  cannot tell 16 from 32 bits: the TIFF's BitsPerSample and SampleFormat tags do, and an
+  'I' picture of any other format is 16-bit (0..65535). Floating point is 0.0 (black) to
+  1.0 (white). 1-bit is black and white, palettes are looked up, CMYK (Adobe's inverted
+  CMYK JPEGs included), YCbCr, LAB and HSV are converted; 16-bit RGB keeps its high byte,
+  as Pillow reads it.
 - Alpha and transparency (RGBA, LA, PA, a palette or colour key with transparency): the
   picture is composited over white, the page a viewer or browser puts behind a product
   photo; the hidden colour of transparent pixels never reaches the network.
@@ -140,7 +146,7 @@ class Picture:
             image = self._image
             if self._orientation != 1:
                 image = ImageOps.exif_transpose(image)
-            pixels = _to_8bit_rgb(image, self._image.info)
+            pixels = _to_8bit_rgb(image, self._image.info, _sample_type(self._image))
             return self._rgb(_crop_resize(numpy.asarray(pixels), box, 1, out))
         except UnreadableImage:
             raise
@@ -205,11 +211,33 @@ def _crop_resize(pixels, box, factor, out):
     return cv2.resize(crop, (out[1], out[0]), interpolation=cv2.INTER_LINEAR)
 
 
-def _to_8bit_rgb(image, info):
-    """A Pillow image of any mode as an 'RGB' or 'L' image of what a viewer shows."""
+def _sample_type(image):
+    """(bits, signed) of a TIFF's grey samples as its tags state them, or None (another
+    format, or tags that do not say one number for the one channel)."""
+    tags = getattr(image, 'tag_v2', None)
+    if image.format != 'TIFF' or tags is None:
+        return None
+    bits, sample_format = tags.get(258, (1,)), tags.get(339, (1,))  # TIFF's defaults
+    bits = bits if isinstance(bits, tuple) else (bits,)
+    sample_format = sample_format if isinstance(sample_format, tuple) else (sample_format,)
+    if len(bits) != 1 or sample_format[0] not in (1, 2):
+        return None
+    return int(bits[0]), sample_format[0] == 2
+
+
+def _to_8bit_rgb(image, info, sample_type=None):
+    """A Pillow image of any mode as an 'RGB' or 'L' image of what a viewer shows;
+    ``sample_type`` (``_sample_type``) sets white for a picture of mode 'I'."""
     icc = info.get('icc_profile')
     if image.mode in _HIGH_DEPTH:
-        values = numpy.asarray(image, dtype=numpy.float32) * (255.0 / _HIGH_DEPTH[image.mode])
+        values = numpy.asarray(image)
+        white = _HIGH_DEPTH[image.mode]
+        if image.mode == 'I' and sample_type:
+            bits, signed = sample_type
+            white = 2.0 ** (bits - 1 if signed else bits) - 1
+            if bits == 32 and not signed:
+                values = values.view(numpy.uint32)  # Pillow's 'I' holds them as int32
+        values = values.astype(numpy.float64) * (255.0 / white)
         return Image.fromarray(numpy.clip(numpy.rint(values), 0, 255).astype(numpy.uint8))
     if image.mode == '1':
         return image.convert('L')

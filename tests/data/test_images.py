@@ -52,12 +52,59 @@ def test_16bit_grayscale_png_is_scaled_not_clipped(tmp_path):
     assert (got[:, S // 2] < 200).all()  # clipped, the right half would be white
 
 
-@pytest.mark.parametrize('mode,dtype,top', [('I', numpy.int32, 65535), ('F', numpy.float32, 1.0)])
-def test_32bit_integer_and_float_tiffs_are_scaled(tmp_path, mode, dtype, top):
-    # 32-bit integers are read in the 16-bit range, floats from 0.0 (black) to 1.0 (white).
+def tiff_with_sample_format(image, sample_format):
+    """TIFF bytes of ``image`` whose SampleFormat tag (339) says ``sample_format``: Pillow
+    writes 'I' as signed and 'I;16' as unsigned (the tag only when asked), and has no
+    writer for the others."""
+    data = io.BytesIO()
+    image.save(data, 'TIFF', tiffinfo={339: 1})
+    data = data.getvalue()
+    entries = [struct.pack('<HHII', 339, 3, 1, value) for value in (1, 2)]
+    assert sum(data.count(entry) for entry in entries) == 1
+    return b''.join(data.replace(entry, struct.pack('<HHII', 339, 3, 1, sample_format))
+                    for entry in entries if entry in data)
+
+
+@pytest.mark.parametrize('kind,values,sample_format', [
+    ('signed 32-bit', ramp(numpy.int64, 2 ** 31 - 1).astype(numpy.int32), 2),
+    ('unsigned 32-bit', ramp(numpy.int64, 2 ** 32 - 1).astype(numpy.uint32).view(numpy.int32),
+     1),
+    ('signed 16-bit', ramp(numpy.int32, 32767).astype(numpy.uint16), 2),
+])
+def test_integer_tiffs_are_scaled_from_the_range_of_their_sample_type(
+        tmp_path, kind, values, sample_format):
+    # Pillow opens each as mode 'I', as it does a 16-bit PGM: the TIFF's tags tell white.
     path = tmp_path / 'deep.tif'
-    image = Image.fromarray(ramp(dtype, top))
-    assert image.mode == mode
+    path.write_bytes(tiff_with_sample_format(Image.fromarray(values), sample_format))
+    with Image.open(path) as image:
+        assert image.mode == 'I' and image.tag_v2[339] == (sample_format,)
+    expected = numpy.rint(ramp(numpy.float64, 255.0))[..., None]
+    assert numpy.abs(shown(path) - expected).max() <= 1, kind
+
+
+def test_a_32bit_tiff_holding_16bit_values_is_dark_and_negative_values_black(tmp_path):
+    # White is the top of the stored type, as for 16-bit files holding 8-bit values.
+    path = tmp_path / 'deep.tif'
+    values = ramp(numpy.int32, 65535)
+    values[:, :S // 2] = -5
+    Image.fromarray(values).save(path, 'TIFF')
+    assert shown(path).max() <= 1
+
+
+def test_16bit_pgm_read_as_mode_i_is_scaled_from_65535(tmp_path):
+    # Pillow reads 16-bit PGMs (and older Pillow 16-bit PNGs) as 'I' too: not 32 bits.
+    path = tmp_path / 'deep.pgm'
+    values = ramp(numpy.uint16, 65535)
+    path.write_bytes(b'P5 %d %d 65535\n' % (S, S) + values.astype('>u2').tobytes())
+    with Image.open(path) as image:
+        assert image.mode == 'I'
+    assert numpy.abs(shown(path) - numpy.rint(ramp(numpy.float64, 255.0))[..., None]).max() <= 1
+
+
+def test_float_tiffs_are_scaled_from_0_to_1(tmp_path):
+    path = tmp_path / 'deep.tif'
+    image = Image.fromarray(ramp(numpy.float32, 1.0))
+    assert image.mode == 'F'
     image.save(path, 'TIFF')
     assert numpy.abs(shown(path) - numpy.rint(ramp(numpy.float64, 255.0))[..., None]).max() <= 1
 
