@@ -66,10 +66,19 @@ def load_model(config):
     ``ConfigError`` naming the file, what it holds and what to pass.
     """
     path = weights_path(config)
+    wanted = ('pass the model.npz that launch.train wrote, e.g. model=results/smoke/model.npz '
+              '(make train makes one), or one of its snapshot_iter_<N>.npz')
+    if os.path.isdir(path):
+        inside = os.path.join(path, 'model.npz')
+        if os.path.isfile(inside):
+            wanted = ('pass the model.npz in it, model={}, or one of its '
+                      'snapshot_iter_<N>.npz'.format(inside))
+        raise ConfigError('model file {} is a folder, not a weights file; {}'.format(
+            path, wanted))
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise ConfigError('model file {} is not a regular file; {}'.format(path, wanted))
     if not os.path.isfile(path):
-        raise ConfigError('model file {} does not exist; pass the model.npz that launch.train '
-                          'wrote, e.g. model=results/smoke/model.npz (make train makes one), '
-                          'or one of its snapshot_iter_<N>.npz'.format(path))
+        raise ConfigError('model file {} does not exist; {}'.format(path, wanted))
     model = create_model(config.model.arch, zero_gamma=config.model.zero_gamma)
     try:
         arrays = weights.read_npz(weights.read_bytes(path), 'model file ' + path)

@@ -31,8 +31,8 @@ def main(argv=None):
         if result['skipped_report']:
             print('warning: ' + result['skipped_report'], file=sys.stderr)
         print(format_report(result, config.split))
-        print('on {} ranks; wrote {}/eval.json and {}/confusion.png'.format(
-            runtime.size, config.out, config.out))
+        print('on {} rank{}; wrote {}/eval.json and {}/confusion.png'.format(
+            runtime.size, 's' if runtime.size > 1 else '', config.out, config.out))
     return 0
 
 

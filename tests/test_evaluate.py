@@ -120,6 +120,17 @@ def test_missing_weights_are_named_and_default_to_out_model_npz(tmp_path):
             load_model(load_eval_config(SMOKE, args))
 
 
+def test_a_folder_for_the_weights_is_named_as_a_folder(tmp_path, model_file):
+    with pytest.raises(ConfigError, match='model file {} is a folder, not a weights file; '
+                       'pass the model.npz that launch.train wrote'.format(tmp_path)):
+        load_model(load_eval_config(SMOKE, ['model=' + str(tmp_path)]))
+    shutil.copy(model_file, str(tmp_path / 'model.npz'))
+    with pytest.raises(ConfigError, match='model file {} is a folder, not a weights file; '
+                       'pass the model.npz in it, model={}'.format(
+                           tmp_path, tmp_path / 'model.npz')):
+        load_model(load_eval_config(SMOKE, ['model=' + str(tmp_path)]))
+
+
 def test_unloadable_weights_are_named(tmp_path):
     garbage = tmp_path / 'garbage.npz'
     garbage.write_text('not a model')
@@ -177,6 +188,7 @@ def test_two_ranks_give_exactly_the_numbers_of_one(uneven_sop, model_file, tmp_p
                                                 'train.batch_size=3'] + TINY, ranks=ranks)
         assert done.returncode == 0, done.stderr[-3000:]
         assert done.stdout.count('top-1') == 2           # one report (title + header)
+        assert ('on 1 rank;' if ranks == 1 else 'on 2 ranks;') in done.stdout, done.stdout
         assert 'batch' in done.stderr                    # progress
         assert (out / 'confusion.png').stat().st_size > 0
         results[ranks] = json.loads((out / 'eval.json').read_text())

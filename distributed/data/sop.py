@@ -170,6 +170,16 @@ def _is_header(line):
 
 def check_tree(root):
     """An error message for an unusable SOP tree at ``root``, or None when it is fine."""
+    if os.path.exists(root) and not os.path.isdir(root):
+        name, folder = os.path.basename(root), os.path.dirname(root)
+        if name in INDEX_FILES.values():
+            hint = 'point data.root at the folder that holds it: data.root={}'.format(folder)
+        elif name.lower().endswith('.zip'):
+            hint = 'unzip it and point data.root at the Stanford_Online_Products folder inside'
+        else:
+            hint = ('point data.root at the Stanford_Online_Products folder, the one holding '
+                    '{} and {}'.format(INDEX_FILES['train'], INDEX_FILES['test']))
+        return 'data.root {} is a file, not the SOP folder; {}.'.format(root, hint)
     if not os.path.isdir(root):
         return 'data.root {} does not exist. {}.'.format(root, GET_SOP)
     for split in ('train', 'test'):

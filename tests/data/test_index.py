@@ -203,6 +203,22 @@ def test_what_cannot_be_read_is_refused_with_one_line(tree, case):
         sop.read_index(str(tree), 'train')
 
 
+def test_a_file_for_data_root_is_named_as_a_file(tree, tmp_path):
+    index = tree / sop.INDEX_FILES['train']
+    assert sop.check_tree(str(index)) == (
+        'data.root {} is a file, not the SOP folder; point data.root at the folder that holds '
+        'it: data.root={}.'.format(index, tree))
+    archive = tmp_path / 'Stanford_Online_Products.zip'
+    archive.write_bytes(b'PK')
+    assert 'is a file, not the SOP folder; unzip it' in sop.check_tree(str(archive))
+    other = tmp_path / 'notes.txt'
+    other.write_text('x')
+    assert sop.check_tree(str(other)) == (
+        'data.root {} is a file, not the SOP folder; point data.root at the '
+        'Stanford_Online_Products folder, the one holding Ebay_train.txt and '
+        'Ebay_test.txt.'.format(other))
+
+
 def test_missing_non_ascii_paths_say_to_save_the_index_as_utf8(tree):
     lines = canonical(tree)
     fields = lines[1].split()
