@@ -348,8 +348,9 @@ def _decode(raw, name):
         text = raw.decode(codec)
     except UnicodeDecodeError as e:
         text = None
-        reason = 'byte {} at line {} is not UTF-8'.format(
-            hex(raw[e.start]), raw.count(b'\n', 0, e.start) + 1)
+        reason = ('byte {} at line {} is not UTF-8'.format(
+            hex(raw[e.start]), raw.count(b'\n', 0, e.start) + 1) if codec == 'utf-8'
+            else 'its UTF-16 breaks off at byte {}'.format(e.start))
     if text is not None and '\0' not in text:
         return text
     if b'\0' in raw and codec == 'utf-8':

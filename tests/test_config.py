@@ -177,6 +177,8 @@ def test_config_files_with_a_byte_order_mark_are_read(tmp_path, encoding):
      'is not UTF-8 text (byte 0xe9 at line 1 is not UTF-8); save it as UTF-8'),
     (b'out: a\x07b\n', 'is not valid YAML: line 1 holds the character U+0007, which YAML '
      'does not allow; remove it'),
+    ('out: x\n'.encode('utf-16') + b'!', 'is not UTF-8 text (its UTF-16 breaks off at byte '
+     '16); save it as UTF-8'),
     (b'train: [1,\n', 'is not valid YAML: line 2, column 1: expected the node content'),
 ])
 def test_config_files_that_do_not_read_say_why_in_one_line(tmp_path, content, message):
