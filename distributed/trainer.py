@@ -240,8 +240,8 @@ def describe(summary):
     test = ('test accuracy {test_accuracy:.3f} (loss {test_loss:.3f})'.format(**summary)
             if summary['test_accuracy'] is not None else 'not evaluated')
     lines.append('{} after {epochs:.2f} epochs ({iterations} iterations), {seconds:.0f} s, '
-                 '{images_per_sec:.1f} images/s on {ranks} ranks; results in {out}'.format(
-                     test, **summary))
+                 '{images_per_sec:.1f} images/s on {ranks} rank{plural}; results in {out}'.format(
+                     test, plural='' if summary['ranks'] == 1 else 's', **summary))
     return '\n'.join(lines)
 
 

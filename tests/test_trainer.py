@@ -98,6 +98,7 @@ def test_the_closing_line():
     assert describe(summary) == ('test accuracy 0.750 (loss 0.500) after 8.00 epochs (80 '
                                  'iterations), 60 s, 42.0 images/s on 2 ranks; results in /r')
     assert describe(dict(summary, test_accuracy=None)).startswith('not evaluated after')
+    assert describe(dict(summary, ranks=1)).endswith('images/s on 1 rank; results in /r')
 
 
 @pytest.mark.mpi

@@ -83,9 +83,10 @@ def train_too_small(root, images, ranks, batch_size):
     if images >= batch_size:
         fixes.append('run on at most {} rank(s)'.format(images // batch_size))
     fixes.append('add images to {}'.format(os.path.join(root, sop.INDEX_FILES['train'])))
-    return ('the train split of {} has {} images: {} per rank on {} ranks, fewer than one '
+    return ('the train split of {} has {} images: {} per rank on {} rank{}, fewer than one '
             'batch (train.batch_size={}); {}'.format(
-                root, images, per_rank, ranks, batch_size, ', or '.join(fixes)))
+                root, images, per_rank, ranks, '' if ranks == 1 else 's', batch_size,
+                ', or '.join(fixes)))
 
 
 def split_empty(root, split, images, purpose):

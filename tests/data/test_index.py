@@ -254,7 +254,7 @@ def test_a_split_smaller_than_a_batch_is_refused_with_the_numbers(tree, one_rank
         one_rank(['data.root={}'.format(tree), 'train.batch_size=4'], one_rank_runtime)
     message = str(caught.value)
     assert '\n' not in message
-    assert ('has 3 images: 3 per rank on 1 ranks, fewer than one batch '
+    assert ('has 3 images: 3 per rank on 1 rank, fewer than one batch '
             '(train.batch_size=4); set train.batch_size to at most 3') in message
     (tree / sop.INDEX_FILES['test']).write_text(lines[0] + '\n\n')
     with pytest.raises(DataError, match='the test split of .* has no images, so evaluation '
