@@ -447,6 +447,9 @@ def choose(resume, out, record, ranks):
     if not resume:
         return fresh + ([], [])
     folder = out if resume == 'auto' else os.path.abspath(os.path.expanduser(resume))
+    if resume == 'auto' and not os.path.exists(out):
+        return fresh + (['resume=auto: {} does not exist yet; starting afresh'.format(out)],
+                        [])
     if not os.path.isdir(folder):
         if not os.path.exists(folder):
             raise CheckpointError('resume={}: no such checkpoint file; give an existing '

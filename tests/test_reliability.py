@@ -319,6 +319,10 @@ def test_resume_refuses_another_network_and_says_when_there_is_nothing_to_resume
         tree, tmp_path):
     """chainer's deserializer takes a resnet50's arrays out of a resnet101 checkpoint and
     ignores the rest: the run is refused, naming the key and both values."""
+    code, output = finish(train(tree, tmp_path / 'new', 'train.epochs=1', 'resume=auto'))
+    assert code == 0, output
+    assert 'resume=auto: {} does not exist yet; starting afresh'.format(
+        tmp_path / 'new') in output, output
     code, output = finish(train(tree, tmp_path, 'train.epochs=1', 'model.arch=resnet101',
                                 'resume=auto'))
     assert code == 0, output
