@@ -3,7 +3,9 @@
 # (tests/test_slurm.py) and for trying scripts/slurm/train.sbatch: Debian's slurm-wlm
 # (22.05 on Debian 12) and munge, with munged, slurmctld and slurmd started by hand as root
 # (no systemd, no cgroups). Run as root. Idempotent: what is installed or running already
-# is kept. It returns once the node is idle. scripts/slurm/cluster_down.sh stops what this
+# is kept; daemons it starts begin from a clean slate (slurmctld -c), so jobs recorded by an
+# earlier cluster that was never stopped (a machine halted mid-test) do not hold the node.
+# It returns once the node is idle. scripts/slurm/cluster_down.sh stops what this
 # started, and only that.
 set -euo pipefail
 
@@ -83,11 +85,11 @@ if ! munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1; then
   started munged /run/munge/munged.pid
 fi
 if ! alive "$STATE/slurmctld.pid"; then
-  slurmctld || die "slurmctld did not start (see $STATE/log/slurmctld.log)"
+  slurmctld -c || die "slurmctld did not start (see $STATE/log/slurmctld.log)"
   started slurmctld "$STATE/slurmctld.pid"
 fi
 if ! alive "$STATE/slurmd.pid"; then
-  slurmd || die "slurmd did not start (see $STATE/log/slurmd.log)"
+  slurmd -c || die "slurmd did not start (see $STATE/log/slurmd.log)"
   started slurmd "$STATE/slurmd.pid"
 fi
 
@@ -100,4 +102,5 @@ for _ in $(seq 60); do
   sleep 1
 done
 tail -n 20 "$STATE"/log/slurm*.log >&2 || true
+squeue >&2 || true
 die "node $host not idle after 60 s (state: ${state:-none}; sinfo -R says why)"
