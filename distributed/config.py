@@ -43,7 +43,26 @@ class _Loader(yaml.SafeLoader):
     A number keeps the text it was written as, so that a text key takes what was typed:
     YAML 1.1 reads ``0012`` as the octal 10 and ``12:30`` as the base-60 750, and the
     number's digits are not the text a person sees in the file (``_convert``).
+
+    A key written twice in one mapping (two ``train:`` sections, ``epochs`` twice in one)
+    is an error naming both lines; PyYAML would keep the last silently, so settings from
+    the first would be lost without a word.
     """
+
+    def construct_mapping(self, node, deep=False):
+        first = {}
+        for key_node, _ in node.value:
+            merge = key_node.tag == 'tag:yaml.org,2002:merge'
+            if merge or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            if key_node.value in first:
+                raise yaml.constructor.ConstructorError(
+                    None, None, "the key '{}' is written twice (first on line {}); keep one, "
+                    "as only the last would be used".format(
+                        key_node.value, first[key_node.value].line + 1),
+                    key_node.start_mark)
+            first[key_node.value] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
 
 
 def _keep_text(kind, construct):

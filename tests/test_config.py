@@ -190,6 +190,26 @@ def test_config_files_that_do_not_read_say_why_in_one_line(tmp_path, content, me
     assert message in str(error.value) and '\n' not in str(error.value)
 
 
+@pytest.mark.parametrize('content, line, first', [
+    ('train:\n  epochs: 3\nmodel:\n  arch: resnet50\ntrain:\n  batch_size: 8\n', 5, 1),
+    ('train:\n  epochs: 3\n  batch_size: 8\n  epochs: 5\n', 4, 2),
+])
+def test_a_key_written_twice_is_refused(tmp_path, content, line, first):
+    path = tmp_path / 'c.yaml'
+    path.write_text(content)
+    with pytest.raises(ConfigError) as error:
+        load_config(str(path))
+    assert 'line {}, column'.format(line) in str(error.value)
+    assert 'is written twice (first on line {})'.format(first) in str(error.value)
+
+
+def test_a_key_given_by_a_merge_may_be_overridden(tmp_path):
+    path = tmp_path / 'c.yaml'
+    path.write_text('train:\n  <<: {epochs: 3, batch_size: 8}\n  epochs: 5\n')
+    config = load_config(str(path))
+    assert (config.train.epochs, config.train.batch_size) == (5, 8)
+
+
 def test_a_folder_for_the_config_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match='config file {} is a folder, not a YAML file; pass a '
                        'file with -c'.format(tmp_path)):
