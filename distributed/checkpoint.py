@@ -542,20 +542,22 @@ def settle(out, resumed):
     """On rank 0 after ``load`` (``resumed``: the first of what it returned): the lines to
     print about the checkpoints already in ``out``.
 
-    After resuming from an earlier checkpoint, the later ones belong to an abandoned run:
-    ``resume=auto`` (highest iteration) or the retention of ``checkpoint.keep`` (oldest
-    files first) would mix them up with the new run's, so they are renamed
-    ``*.npz.superseded``. A fresh start leaves an earlier run's checkpoints and says so."""
+    Checkpoints that are not of this run would be mixed up with its own by ``resume=auto``
+    (highest iteration) and by the retention of ``checkpoint.keep`` (oldest files first),
+    so they are renamed ``*.npz.superseded``: after a resume from an earlier checkpoint,
+    the later ones (the abandoned run's); at a fresh start, all of them (an earlier run's).
+    """
     found = _checkpoints(out)
     if not resumed:
-        return ['note: starting afresh in {}, which holds checkpoints of an earlier run (up '
-                'to {}); this run overwrites those it reaches, and resume=auto takes the '
-                'highest-numbered one'.format(out, found[-1][1])] if found else []
-    later = [name for iteration, name in found if iteration > resumed[1]]
-    for name in later:
+        foreign = [name for _, name in found]
+        what = ('starting afresh in {}: renamed the checkpoints of an earlier run there to '
+                '*.superseded, so that resume=auto continues this run: '.format(out))
+    else:
+        foreign = [name for iteration, name in found if iteration > resumed[1]]
+        what = 'renamed the later checkpoints of the abandoned run to *.superseded: '
+    for name in foreign:
         os.replace(os.path.join(out, name), os.path.join(out, name + '.superseded'))
-    return ['renamed the later checkpoints of the abandoned run to *.superseded: '
-            + ', '.join(later)] if later else []
+    return [what + ', '.join(foreign)] if foreign else []
 
 
 def _mark_synchronized(optimizer, comm):

@@ -134,9 +134,15 @@ def test_resume_from_a_given_checkpoint_and_a_missing_one(straight, tree, tmp_pa
     assert code == 0 and 'resumed from {} at iteration 9'.format(
         tmp_path / 'snapshot_iter_9.npz') in output, output
     assert 'starting afresh' not in output
+    # A fresh start puts the earlier run's checkpoints aside, so that resume=auto (highest
+    # iteration) takes this run's own.
     code, output = finish(train(tree, tmp_path, 'train.epochs=1'))
-    assert code == 0 and 'starting afresh in {}, which holds checkpoints of an earlier run ' \
-        '(up to snapshot_iter_9.npz)'.format(tmp_path) in output, output
+    assert code == 0 and 'starting afresh in {}: renamed the checkpoints of an earlier run ' \
+        'there to *.superseded'.format(tmp_path) in output, output
+    assert (tmp_path / 'snapshot_iter_9.npz.superseded').exists()
+    code, output = finish(train(tree, tmp_path, 'train.epochs=2', 'resume=auto'))
+    assert code == 0 and 'resumed from {} at iteration 3'.format(
+        tmp_path / 'snapshot_iter_3.npz') in output, output
     code, output = finish(train(tree, tmp_path / 'x', 'resume={}'.format(tmp_path / 'no.npz')))
     assert code == 2, output
     assert 'no such checkpoint file' in output and 'Traceback' not in output
