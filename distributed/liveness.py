@@ -41,17 +41,32 @@ class StopSignal:
     which passes it on, and the rank itself; a scheduler signals every process and the
     batch script passes it on too. Signals within ``repeat_window`` seconds of the first
     count as that one stop. A stop signal after that (either kind) ends the process at
-    once, by that signal's default action: a user pressing Ctrl-C again, or a scheduler
+    once with exit status 128 + its number: a user pressing Ctrl-C again, or a scheduler
     insisting.
+
+    Python runs a signal handler only when the main thread is between bytecodes, not
+    while it waits inside MPI (an allreduce waiting for a stopped peer can wait for ever).
+    So a thread reads the signals as they arrive, from the wake-up file descriptor that
+    Python's C-level handler writes each signal number to (``signal.set_wakeup_fd``), and
+    decides on repeats by their arrival time; the Python-level handler only records the
+    first. Install and uninstall from the main thread.
     """
 
-    def __init__(self, repeat_window=REPEAT_WINDOW_S):
+    def __init__(self, repeat_window=REPEAT_WINDOW_S, stream=None):
         self.signum = None
         self.repeat_window = repeat_window
+        self.stream = stream or sys.stderr
         self._first = None
         self._previous = {}
+        self._wakeup = None
+        self._previous_wakeup = -1
 
     def install(self):
+        read, self._wakeup = os.pipe()
+        os.set_blocking(self._wakeup, False)
+        self._previous_wakeup = signal.set_wakeup_fd(self._wakeup, warn_on_full_buffer=False)
+        threading.Thread(target=self._watch, args=(read,), name='stop-signals',
+                         daemon=True).start()
         for signum in STOP_SIGNALS:
             self._previous[signum] = signal.signal(signum, self._handle)
 
@@ -59,14 +74,36 @@ class StopSignal:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}
+        if self._wakeup is not None:
+            signal.set_wakeup_fd(self._previous_wakeup)
+            os.close(self._wakeup)   # the watching thread reads the end of the pipe, and ends
+            self._wakeup = None
 
     def _handle(self, signum, frame):
-        now = time.monotonic()
         if self.signum is None:
-            self.signum, self._first = signum, now
-        elif now - self._first >= self.repeat_window:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
+            self.signum = signum
+
+    def _watch(self, read):
+        with os.fdopen(read, 'rb', buffering=0) as pipe:
+            while True:
+                arrived = pipe.read(64)
+                if not arrived:
+                    return
+                now = time.monotonic()
+                for signum in arrived:
+                    if signum not in STOP_SIGNALS:
+                        continue
+                    if self._first is None:
+                        self._first = now
+                    elif now - self._first >= self.repeat_window:
+                        self._end(signum, now - self._first)
+
+    def _end(self, signum, seconds):
+        self.stream.write('rank {}: {} again, {:.0f} s after the first: ending at once, '
+                          'without a checkpoint (those written before are intact)\n'.format(
+                              rank_from_environment(), signal.Signals(signum).name, seconds))
+        self.stream.flush()
+        os._exit(128 + signum)
 
 
 @contextlib.contextmanager

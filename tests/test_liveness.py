@@ -36,6 +36,7 @@ os.kill(os.getpid(), signum)   # the same stop passed on twice (mpiexec and pkil
 print('after the repeat', flush=True)
 time.sleep(1.2)
 os.kill(os.getpid(), signum)
+time.sleep(2)
 print('after the second', flush=True)
 '''
 
@@ -46,8 +47,43 @@ def test_a_second_signal_ends_the_process_at_once_and_a_repeat_does_not(name):
     # passed on twice; a second one later (a user pressing Ctrl-C again, a scheduler
     # insisting) ends the process by that signal, without waiting for a checkpoint.
     done = python(SIGNAL_AGAIN.format(name))
-    assert done.returncode == -getattr(signal, name), (done.returncode, done.stderr)
+    assert done.returncode == 128 + getattr(signal, name), (done.returncode, done.stderr)
     assert done.stdout == 'after the first\nafter the repeat\n', done.stdout
+    assert '{} again, 1 s after the first: ending at once'.format(name) in done.stderr
+
+
+IN_C_CODE = '''
+import ctypes
+import os
+import signal
+import threading
+import time
+import distributed
+from distributed.liveness import StopSignal
+StopSignal(repeat_window=1.0).install()
+signum = signal.{}
+def send():
+    os.kill(os.getpid(), signum)
+    time.sleep(1.5)
+    os.kill(os.getpid(), signum)
+threading.Thread(target=send).start()
+# The main thread in C code that does not return on a signal, as in an MPI collective
+# waiting for a stopped peer: no Python-level handler runs until it returns. Here it
+# locks a mutex it holds already, which waits for ever (and releases Python's lock).
+libc = ctypes.CDLL(None)
+mutex = ctypes.create_string_buffer(64)   # zeros: PTHREAD_MUTEX_INITIALIZER
+libc.pthread_mutex_lock(mutex)
+libc.pthread_mutex_lock(mutex)
+print('the main thread came back', flush=True)
+'''
+
+
+@pytest.mark.parametrize('name', ['SIGTERM', 'SIGINT'])
+def test_a_second_signal_ends_the_process_while_the_main_thread_waits_in_c_code(name):
+    started = time.monotonic()
+    done = python(IN_C_CODE.format(name), timeout=30)
+    assert done.returncode == 128 + getattr(signal, name), (done.returncode, done.stderr)
+    assert 'came back' not in done.stdout and time.monotonic() - started < 15, done.stdout
 
 
 def test_the_watchdog_fires_after_the_timeout_naming_rank_and_last_progress():
