@@ -37,6 +37,7 @@ from chainer.training import extensions
 from distributed import weights
 from distributed.config import to_dict
 from distributed.data import sop
+from distributed.runtime import naming
 
 FILENAME = 'snapshot_iter_{.updater.iteration}.npz'
 PATTERN = re.compile(r'^snapshot_iter_(\d+)\.npz$')
@@ -188,7 +189,14 @@ def save(path, arrays):
         raise TypeError('a checkpoint would hold Python objects at {}'.format(objects))
     arrays['meta/none'] = _text(json.dumps(nones))
     # Uncompressed: zlib on ~200 MB of float32 weights costs seconds and saves little.
-    npz.save_npz(path, arrays, compression=False)
+    save_npz(path, arrays, compression=False)
+
+
+def save_npz(path, target, compression=True):
+    """chainer's ``save_npz``; an ``OSError`` it raises names ``path``
+    (``runtime.naming``)."""
+    with naming(path):
+        npz.save_npz(path, target, compression=compression)
 
 
 def _is_none(value):

@@ -19,7 +19,7 @@ from distributed.config import Config, ConfigError, ModelConfig, build, validate
 from distributed.data import decoded, read_on_root, sop, split_empty, unreadable_report
 from distributed.data.transforms import ValTransform
 from distributed.model import create_model, mean_of
-from distributed.runtime import InputConverter
+from distributed.runtime import InputConverter, naming
 
 TOP_K = (1, 5)
 SPLITS = ('test', 'train')
@@ -274,7 +274,8 @@ def evaluate(config, runtime):
 
 def write_results(result, config):
     os.makedirs(config.out, exist_ok=True)
-    with open(os.path.join(config.out, 'eval.json'), 'w') as f:
+    path = os.path.join(config.out, 'eval.json')
+    with naming(path), open(path, 'w') as f:
         json.dump(dict(result, split=config.split, model=weights_path(config)), f, indent=1)
         f.write('\n')
     plot_confusion(result['confusion'], os.path.join(config.out, 'confusion.png'),

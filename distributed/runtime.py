@@ -1,4 +1,5 @@
 """Who am I: the communicator, rank, size, device and ``is_root``, decided once."""
+import contextlib
 import dataclasses
 import errno
 import multiprocessing
@@ -236,6 +237,19 @@ def abort(message, code):
 MACHINE_FAULTS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 """Errors of the machine, not of the program (a full disk, a quota, a read-only or
 forbidden folder): said in one line, without a traceback."""
+
+
+@contextlib.contextmanager
+def naming(path):
+    """An ``OSError`` raised in the block names ``path`` when it names no file: a write to
+    a full disk fails at a flush or a close, inside NumPy's zip writer or ``io``, with an
+    error that names none (``[Errno 28] No space left on device``)."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            e.filename = path
+        raise
 
 
 def _abort_on_uncaught(exctype, value, tb):

@@ -15,7 +15,7 @@ from distributed.config import to_dict
 from distributed.data import unreadable_report
 from distributed.optim import schedule_extension
 from distributed.model import mean_of
-from distributed.runtime import InputConverter
+from distributed.runtime import InputConverter, naming
 
 TRAIN_KEYS = ('main/loss', 'main/accuracy')
 
@@ -219,14 +219,15 @@ def add_reports(trainer, config, model):
             ['main/' + name, 'validation/main/' + name],
             'iteration' if train.log_interval else 'epoch',
             trigger=log_trigger(train), file_name=name + '.png'))
-    trainer.extend(extensions.snapshot_object(model, 'model.npz'),
+    trainer.extend(extensions.snapshot_object(model, 'model.npz', savefun=checkpoint.save_npz),
                    trigger=(config.train.epochs, 'epoch'))
 
 
 def write_config(config, out):
     """The resolved config, so a result folder says how it was made."""
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, 'config.yaml'), 'w') as f:
+    path = os.path.join(out, 'config.yaml')
+    with naming(path), open(path, 'w') as f:
         yaml.safe_dump(to_dict(config), f, sort_keys=False)
 
 

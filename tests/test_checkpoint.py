@@ -399,3 +399,16 @@ def test_what_may_change_on_resume_and_what_may_not():
         'changed on resume: data.root /old -> minisop',
         'changed on resume: optimizer.lr 0.2 -> 0.1',
         'changed on resume: train.epochs 3.0 -> 90.0']
+
+
+def test_a_write_to_a_full_disk_names_the_file(tmp_path):
+    # /dev/full fails every write with ENOSPC, at a flush or a close, as a full disk does:
+    # the OS's error names no file, and the one line the job ends with must.
+    from distributed.trainer import write_config
+    with pytest.raises(OSError) as error:
+        checkpoint.save('/dev/full', {'a': numpy.zeros(100000, numpy.float32)})
+    assert str(error.value) == "[Errno 28] No space left on device: '/dev/full'"
+    (tmp_path / 'config.yaml').symlink_to('/dev/full')
+    with pytest.raises(OSError) as error:
+        write_config(load_config(None, []), str(tmp_path))
+    assert error.value.filename == str(tmp_path / 'config.yaml')
