@@ -7,9 +7,10 @@ newest ``checkpoint.keep``). The file is a regular trainer snapshot (model, opti
 momentum, updater iteration, extension states such as LogReport's log and the triggers) plus:
 
 - ``ranks/<r>/...``: what differs between ranks, as arrays: the training iterator's
-  position and order, the shuffling and augmentation random states and the BatchNorm
-  statistics. Ranks send that to rank 0 with one gather; on resume rank 0 reads the file
-  and broadcasts it, so ranks need no shared filesystem.
+  position and order, the shuffling and augmentation random states, the BatchNorm
+  statistics and the sums of the numbers to log since the last log line. Ranks send that
+  to rank 0 with one gather; on resume rank 0 reads the file and broadcasts it, so ranks
+  need no shared filesystem.
 - ``meta/record``: what the checkpoint means, as JSON text: the resolved config, the rank
   count and a fingerprint of the train split (``describe_run``). A resume compares it with
   its own run and refuses the changes in ``REFUSED``.
@@ -112,6 +113,11 @@ def rank_state(trainer):
     state.update({'python_rng/version': version,
                   'python_rng/internal': numpy.array(internal, numpy.int64),
                   'python_rng/gauss_next': gauss_next})
+    for name in PER_RANK_EXTENSIONS:
+        extension = _extension(trainer, name)
+        if extension is not None:
+            state.update({'extensions/{}/{}'.format(name, key): value
+                          for key, value in npz.serialize(extension).items()})
     model = _model(trainer)
     # Persistent values only (BatchNorm statistics differ per rank); weights are shared.
     for path, link in model.namedlinks():
@@ -146,7 +152,24 @@ def restore_rank_state(trainer, state):
     random.setstate((int(state['python_rng/version']),
                      tuple(int(n) for n in state['python_rng/internal']),
                      state['python_rng/gauss_next'].item()))
+    for name in PER_RANK_EXTENSIONS:
+        extension = _extension(trainer, name)
+        if extension is not None:
+            extension.serialize(npz.NpzDeserializer(state, path='extensions/{}/'.format(name)))
     _model(trainer).serialize(npz.NpzDeserializer(state, path='persistent/', strict=False))
+
+
+PER_RANK_EXTENSIONS = ('mean_across_ranks',)
+"""Extensions whose state differs between ranks (``trainer.MeanAcrossRanks``: each
+rank's sums since the last log line), kept for every rank; the trainer's own snapshot
+holds rank 0's only."""
+
+
+def _extension(trainer, name):
+    try:
+        return trainer.get_extension(name)
+    except ValueError:
+        return None
 
 
 class _JobState:

@@ -158,8 +158,8 @@ class MeanAcrossRanks(chainer.training.Extension):
             self._summary = chainer.reporter.DictSummary()
 
     def serialize(self, serializer):
-        # A checkpoint holds rank 0's sums, which every rank resumes with: the first mean
-        # after a resume from between two triggers is then close, not exact.
+        # Each rank's own sums: a checkpoint keeps them for every rank
+        # (checkpoint.PER_RANK_EXTENSIONS), so the first mean after a resume is exact.
         self._trigger.serialize(serializer['trigger'])
         self._summary.serialize(serializer['summary'])
 

@@ -276,6 +276,34 @@ def test_each_rank_resumes_its_own_batchnorm_statistics(tmp_path, world):
         'the ranks saw the same data: the check could not tell them apart'
 
 
+@pytest.mark.mpi
+def test_each_rank_resumes_its_own_sums_of_the_numbers_to_log(tmp_path, world):
+    """The log line of an interval a stop cut in two averages both parts over every rank:
+    each rank resumes its own sums of the first part (it resumed rank 0's, and the line
+    was close, not exact)."""
+    from chainer.serializers import npz
+    from distributed.trainer import MeanAcrossRanks
+
+    def sums(iterations):
+        trainer, comm = make_trainer(tmp_path, iterations, interval=3)
+        trainer.extend(MeanAcrossRanks(comm, ['main/loss'], (10, 'iteration')))
+        return trainer, comm
+    first, _ = sums(3)
+    run(first)
+    written = npz.serialize(first.get_extension('mean_across_ranks'))
+    second, comm = sums(6)
+    try:
+        checkpoint.load(second, comm, comm.rank == 0, 'auto', str(tmp_path))
+    finally:
+        second.get_extension('checkpointer').stop_signal.uninstall()
+    resumed = npz.serialize(second.get_extension('mean_across_ranks'))
+    totals = world.allgather(float(written['summary/_summaries/0/_x']))  # before any assert
+    assert len(set(totals)) == len(totals), 'the ranks saw the same losses: no check'
+    assert written.keys() == resumed.keys() and written['summary/_summaries/0/_n'] == 3
+    for key in written:
+        numpy.testing.assert_array_equal(resumed[key], written[key], err_msg=key)
+
+
 def test_auto_resumes_from_the_newest_checkpoint_that_reads(tmp_path, monkeypatch):
     """Every way a newer checkpoint can fail to read back whole is skipped and said; the
     same file given with resume=PATH is an error naming it."""
