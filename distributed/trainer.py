@@ -174,6 +174,11 @@ class MeanBatchNormStatistics(chainer.training.Extension):
     the one rank 0 saves: the logged test accuracy is ``model.npz``'s (it was the mean of
     the ranks' accuracies, each with its own statistics, while ``model.npz`` held rank 0's).
     Training itself is unchanged.
+
+    ChainerMN's ``extensions.AllreducePersistent`` does the same with one MPI allreduce per
+    array, each on the array where it lives: on a GPU that hands MPI a device pointer,
+    which only a CUDA-aware MPI can read (the MPICH wheels are not). Here the statistics
+    go through the host, all in one buffer.
     """
     priority = chainer.training.PRIORITY_WRITER + 2  # before the evaluator and the savers
     name = 'mean_batchnorm_statistics'

@@ -45,7 +45,7 @@ print('after the second', flush=True)
 def test_a_second_signal_ends_the_process_at_once_and_a_repeat_does_not(name):
     # The first only asks for a checkpoint. A repeat within the window is the same stop
     # passed on twice; a second one later (a user pressing Ctrl-C again, a scheduler
-    # insisting) ends the process by that signal, without waiting for a checkpoint.
+    # insisting) ends the process at once, exit 128 + signal, without a checkpoint.
     done = python(SIGNAL_AGAIN.format(name))
     assert done.returncode == 128 + getattr(signal, name), (done.returncode, done.stderr)
     assert done.stdout == 'after the first\nafter the repeat\n', done.stdout
