@@ -177,7 +177,7 @@ class MeanBatchNormStatistics(chainer.training.Extension):
 
     ChainerMN's ``extensions.AllreducePersistent`` does the same with one MPI allreduce per
     array, each on the array where it lives: on a GPU that hands MPI a device pointer,
-    which only a CUDA-aware MPI can read (the MPICH wheels are not). Here the statistics
+    which only a CUDA-aware MPI can read (README: `flat` needs one too). Here the statistics
     go through the host, all in one buffer.
     """
     priority = chainer.training.PRIORITY_WRITER + 2  # before the evaluator and the savers
