@@ -3,8 +3,10 @@
 One file per checkpoint, ``snapshot_iter_<N>.npz`` in ``out``, written by rank 0 only with
 chainer's ``extensions.snapshot`` (it writes into a temporary folder inside ``out`` and
 renames, so a crash mid-write leaves the previous checkpoints intact; ``n_retains`` keeps the
-newest ``checkpoint.keep``). The file is a regular trainer snapshot (model, optimizer with its
-momentum, updater iteration, extension states such as LogReport's log and the triggers) plus:
+newest ``checkpoint.keep``). The file is a regular trainer snapshot (model; optimizer with its
+momentum and, under mixed16, its float32 master weights and loss scale, which chainer's own
+serializers drop (``optim.MomentumSGD``); updater iteration; extension states such as
+LogReport's log and the triggers) plus:
 
 - ``ranks/<r>/...``: what differs between ranks, as arrays: the training iterator's
   position and order, the shuffling and augmentation random states, the BatchNorm
@@ -42,8 +44,9 @@ from distributed.runtime import naming
 
 FILENAME = 'snapshot_iter_{.updater.iteration}.npz'
 PATTERN = re.compile(r'^snapshot_iter_(\d+)\.npz$')
-FORMAT = 2
-"""The checkpoint layout (1: rank states pickled, before ``meta/record``)."""
+FORMAT = 3
+"""The checkpoint layout (1: rank states pickled, before ``meta/record``; 2: no float32
+master weights or loss scale under mixed16)."""
 REFUSED = {
     'model.arch': 'the network: the weights and the momentum are its layers',
     'train.batch_size': 'the iterator positions, the iterations per epoch and with them '

@@ -111,12 +111,100 @@ def loss_function(comm, model):
     return predivided(model) if predivided else model
 
 
-def create_communicator(name, **kwargs):
-    """A ChainerMN communicator by name; ``inplace`` is ``InPlaceMeanGrad`` over ``naive``.
+def bcast_groups(model):
+    """``[(dtype, params)]``: the initialized parameters of ``model`` grouped by their own
+    dtype (``numpy.dtype``), each group in ChainerMN's order (sorted by name), the groups
+    in an order every rank shares.
 
-    Raises ValueError (ChainerMN's) for names or options the communicator does not take.
+    ``MeanFirstNccl.bcast_data`` broadcasts each group in its dtype: ChainerMN's packs
+    every parameter into one buffer of ``chainer.get_dtype()``, float16 under mixed16,
+    which rounded the float32 BatchNorm parameters to float16 at every start and resume.
+    """
+    groups = {}
+    for _, param in sorted(model.namedparams()):
+        if param.array is not None:
+            groups.setdefault(numpy.dtype(param.dtype), []).append(param)
+    return sorted(groups.items(), key=lambda group: group[0].str)
+
+
+_MEAN_FIRST_NCCL = []
+
+
+def mean_first_nccl_class():
+    """``MeanFirstNccl``, ChainerMN's ``PureNcclCommunicator`` with two changes (defined on
+    first use: ChainerMN's GPU communicators import CuPy's NCCL bindings):
+
+    - ``_multi_node_mean_nccl`` divides each rank's packed gradients by the number of
+      ranks before the NCCL sum instead of after it. ChainerMN summed first: in a float16
+      allreduce (``comm.allreduce_dtype=float16``) loss-scaled gradients that are finite
+      on every rank overflowed to inf in the sum, the more so the more ranks. Divided
+      first, the sum of N values each at most max/N is at most max: it overflows only
+      where a rank's own gradient already did (which the loss scaling then skips).
+    - ``bcast_data`` broadcasts the parameters in their own dtypes (``bcast_groups``).
+    """
+    if _MEAN_FIRST_NCCL:
+        return _MEAN_FIRST_NCCL[0]
+    import chainer
+    from chainermn import nccl
+    from chainermn.communicators import _communication_utility, _memory_utility
+    from chainermn.communicators.pure_nccl_communicator import PureNcclCommunicator
+
+    class MeanFirstNccl(PureNcclCommunicator):
+        __doc__ = mean_first_nccl_class.__doc__
+
+        def bcast_data(self, model):
+            self._init_comms()
+            stream = chainer.cuda.Stream.null
+            buffers = self.__dict__.setdefault('_bcast_buffers', {})
+            for dtype, params in bcast_groups(model):
+                n_elems = sum(param.array.size for param in params)
+                buffer = buffers.setdefault(dtype, _memory_utility.DeviceMemory())
+                buffer.assign(n_elems * dtype.itemsize)
+                _memory_utility.pack_params(params, 'data', buffer, dtype, False, stream)
+                self.nccl_comm.bcast(buffer.ptr(), n_elems,
+                                     _communication_utility._get_nccl_type_id(dtype), 0,
+                                     stream.ptr)
+                _memory_utility.unpack_params(params, 'data', buffer, dtype, False, stream)
+
+        def _multi_node_mean_nccl(self, sendbuf, recvbuf, n_elems, dtype, stream=None):
+            if stream is None:
+                stream = chainer.cuda.Stream.null
+            self._init_comms()
+            if self.size > 1:
+                # Computed in float32 and rounded once to the buffer's dtype.
+                scale = chainer.cuda.elementwise(
+                    'float32 factor', 'T x', 'x = (T)((float)x * factor)',
+                    'distributed_divide_before_sum')
+                with stream:
+                    scale(numpy.float32(1.0 / self.size), sendbuf.array(n_elems, dtype=dtype))
+            self.nccl_comm.allReduce(sendbuf.ptr(), recvbuf.ptr(), n_elems,
+                                     _communication_utility._get_nccl_type_id(dtype),
+                                     nccl.NCCL_SUM, stream.ptr)
+
+    _MEAN_FIRST_NCCL.append(MeanFirstNccl)
+    return MeanFirstNccl
+
+
+def create_communicator(name, **kwargs):
+    """A ChainerMN communicator by name; ``inplace`` is ``InPlaceMeanGrad`` over ``naive``,
+    ``pure_nccl`` is ``MeanFirstNccl`` (``mean_first_nccl_class``), which takes one option,
+    ``allreduce_grad_dtype`` ('float32' or 'float16'; None: ChainerMN's choice, the
+    compute dtype, float16 under mixed16).
+
+    Raises ValueError (ChainerMN's) for names or options the communicator does not take,
+    RuntimeError (ChainerMN's) for ``pure_nccl`` without NCCL.
     """
     compat.chainermn_unpack_params()
+    if name == 'pure_nccl':
+        unknown = set(kwargs) - {'allreduce_grad_dtype'}
+        if unknown:
+            raise ValueError('pure_nccl takes no option {}'.format(', '.join(sorted(unknown))))
+        from mpi4py import MPI
+        comm = mean_first_nccl_class()(MPI.COMM_WORLD)
+        comm.set_config('allreduce_grad_dtype', kwargs.get('allreduce_grad_dtype'))
+        # ChainerMN's factory default: one kernel packs every gradient.
+        comm.set_config('batched_copy', True)
+        return comm
     if name == INPLACE:
         if kwargs.get('allreduce_grad_dtype') not in (None, 'float32', numpy.float32):
             # MPI has no portable float16 sum; converting on the CPU would add two passes

@@ -16,7 +16,7 @@ import chainer
 import numpy
 
 import distributed
-from distributed import comm as comm_module, compat, liveness
+from distributed import comm as comm_module, compat, cudnn, liveness
 
 GPU_COMMUNICATORS = ('pure_nccl', 'flat', 'non_cuda_aware')
 """ChainerMN communicators that move CuPy arrays (none of them runs on the CPU)."""
@@ -168,6 +168,13 @@ def check_communicator(name, device, allreduce_dtype):
                 name, 'GPU' if on_gpu else 'CPU'))
 
 
+def communicator_options(name, allreduce_dtype):
+    """The keyword arguments for ``comm.create_communicator(name)``: ``pure_nccl`` is
+    always told ``comm.allreduce_dtype``; without it ChainerMN reduces in the compute
+    dtype, float16 under mixed16, whatever the config said."""
+    return {'allreduce_grad_dtype': allreduce_dtype} if name == 'pure_nccl' else {}
+
+
 def set_precision(dtype):
     """``train.dtype``: 'mixed16' makes chainer keep activations and conv/linear weights in
     float16 (BatchNorm stays float32); the optimizer keeps float32 master copies."""
@@ -305,16 +312,15 @@ def create_runtime(config):
         device = select_device(config.device, local_index, world.size)
         name = communicator_name(config.comm.communicator, device)
         check_communicator(name, device, config.comm.allreduce_dtype)
-    except StartupError as e:
+        cudnn.setup(config.train.conv_bn, device.xp is not numpy)
+    except (StartupError, cudnn.Unavailable) as e:
         error = str(e)
     agree(world, error)
     set_precision(config.train.dtype)
     compat.chainer_summary_float64()
-    kwargs = {}
-    if config.comm.allreduce_dtype == 'float16':
-        kwargs['allreduce_grad_dtype'] = 'float16'
     try:
-        comm = comm_module.create_communicator(name, **kwargs)
+        comm = comm_module.create_communicator(
+            name, **communicator_options(name, config.comm.allreduce_dtype))
     except ValueError as e:
         raise StartupError('comm.communicator={}: {}'.format(name, e))
     device.use()
@@ -353,9 +359,9 @@ def _gpu_lines(runtime):
     if cuda.cudnn_enabled:
         lines.append('cuDNN {}'.format(cuda.cuda.cudnn.getVersion()))
     else:
-        lines.append('cuDNN: absent (CuPy >= 14 has no cuDNN support): chainer runs '
-                     'convolutions, pooling and batch norm with CuPy kernels '
-                     '(im2col + cuBLAS), slower than cuDNN')
+        lines.append('cuDNN: absent from CuPy (CuPy >= 14 has no cuDNN support): chainer '
+                     'runs pooling with CuPy kernels')
+    lines.append(cudnn.describe())
     if nccl_available():
         from cupy.cuda import nccl
         code = nccl.get_version()
