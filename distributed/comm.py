@@ -195,6 +195,7 @@ def create_communicator(name, **kwargs):
     RuntimeError (ChainerMN's) for ``pure_nccl`` without NCCL.
     """
     compat.chainermn_unpack_params()
+    compat.chainermn_half_kernels()
     if name == 'pure_nccl':
         unknown = set(kwargs) - {'allreduce_grad_dtype'}
         if unknown:

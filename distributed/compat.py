@@ -2,8 +2,9 @@
 
 Importing the ``distributed`` package applies them once, before chainer is imported.
 Each shim is applied only when the thing it stands in for is missing, and each has a
-test in tests/test_compat.py (the CuPy ones: tests/test_gpu.py) that fails without it.
-``APPLIED`` lists what was done; ``SHIMS`` lists the shims in the order they run. Two
+test in tests/test_compat.py (the CuPy ones: tests/test_gpu.py; the CUDA sources:
+tests/test_cuda_kernels.py) that fails without it.
+``APPLIED`` lists what was done; ``SHIMS`` lists the shims in the order they run. Three
 shims touch modules that must not load at import (chainermn starts MPI, and importing
 ``distributed`` must not import chainer): the runtime applies them when it starts.
 """
@@ -247,6 +248,48 @@ def chainermn_unpack_params():
     if _memory_utility.unpack_params is not _unpack_params:
         _memory_utility.unpack_params = _unpack_params
     _note('chainermn unpack_params converts with astype')
+
+
+_CUDA_FP16 = '#include <cuda_fp16.h>\n'
+
+
+def _with_cuda_fp16(builder):
+    # The kernel object the builder made is not compiled until it is launched, so the
+    # first one is only read for its source and name, never used.
+    def build():
+        kernel = builder()
+        if 'cuda_fp16.h' in kernel.code:
+            return kernel
+        from chainer.backends import cuda
+        return cuda.raw(_CUDA_FP16 + kernel.code, kernel.name)
+    build.cuda_fp16 = True
+    return build
+
+
+CHAINERMN_HALF_KERNELS = ('_cupy_batched_pack_params', '_cupy_batched_unpack_params')
+"""The builders in ``chainermn.communicators._memory_utility`` whose kernels use ``half``."""
+
+
+def chainermn_half_kernels():
+    """Applied by ``comm.create_communicator``, not by ``apply``: chainermn's module
+    initialises MPI as it loads, which must wait until the runtime is set up.
+
+    ChainerMN's batched pack/unpack kernels (``_memory_utility``, the two ``chainer.cuda.raw``
+    kernels that copy gradients into and out of the allreduce buffer) use the CUDA type
+    ``half`` and include only ``<cupy/carray.cuh>``, which brings ``cuda_fp16.h`` up to CuPy
+    13 and no longer does in CuPy 14: NVRTC stops with ``identifier "half" is undefined``
+    at the first gradient allreduce of every GPU run (``batched_copy`` is on by default).
+    Their builders are wrapped to put ``#include <cuda_fp16.h>`` first; the header is
+    CUDA's own (NVIDIA's ``nvidia-cuda-runtime`` wheel or the toolkit), found by CuPy
+    where it finds the CUDA headers, and harmless where ``carray.cuh`` already includes
+    it. tests/test_cuda_kernels.py compiles both with NVRTC. Idempotent.
+    """
+    from chainermn.communicators import _memory_utility
+    for name in CHAINERMN_HALF_KERNELS:
+        builder = getattr(_memory_utility, name)
+        if not getattr(builder, 'cuda_fp16', False):
+            setattr(_memory_utility, name, _with_cuda_fp16(builder))
+    _note('chainermn half kernels include cuda_fp16.h')
 
 
 def _summary_add_in_float64(original):
