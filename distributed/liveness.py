@@ -143,8 +143,9 @@ class Watchdog:
     iteration (on a GPU it compiles kernels). 0 disables either allowance.
 
     When it fires, a thread of this process writes one line (rank, host, pid, what it did
-    last, for how long nothing happened) and every thread's stack to stderr, and exits
-    with ``STALLED_EXIT``. That thread needs Python's interpreter lock; should the stalled
+    last, for how long nothing happened) and every thread's stack to stderr, and ends the
+    job with ``STALLED_EXIT`` (``end_job``: the whole job, once MPI is initialised).
+    That thread needs Python's interpreter lock; should the stalled
     thread hold it, ``faulthandler`` (which needs no lock) writes the stacks ``grace``
     seconds later and exits with 1. A rank stopped outright (SIGSTOP) cannot
     run either; its peers, waiting for it in a collective, make no progress either and
@@ -220,7 +221,31 @@ class Watchdog:
         self.stream.flush()
         faulthandler.dump_traceback(file=self.stream, all_threads=True)
         self.stream.flush()
-        os._exit(STALLED_EXIT)
+        end_job(STALLED_EXIT)
+
+
+ABORT_WAIT_S = 10.0
+"""Seconds ``end_job`` gives ``MPI_Abort`` before the process exits by itself."""
+
+
+def end_job(code):
+    """End every rank of the job with ``code``: ``MPI_Abort`` once MPI is initialised, else
+    this process alone; never returns.
+
+    A rank that merely exits leaves its launcher to take the others down, and Hydra's
+    mpiexec waits for every host's proxy to report first: with a host off the network its
+    proxy never does, and mpiexec waited for ever after the watchdog of a rank on another
+    host fired (measured on the test hosts, scripts/testbed). On ``MPI_Abort`` it ends the
+    job at once (1 s there). Should the abort itself hang, the process exits after
+    ``ABORT_WAIT_S``.
+    """
+    mpi = sys.modules.get('mpi4py.MPI')
+    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+        timer = threading.Timer(ABORT_WAIT_S, os._exit, (code,))
+        timer.daemon = True
+        timer.start()
+        mpi.COMM_WORLD.Abort(code)
+    os._exit(code)
 
 
 def watch_calls(function, watchdog, what):

@@ -75,12 +75,19 @@ def usable_cores():
     return os.cpu_count() or 1
 
 
+PER_RANK = None
+"""The BLAS threads this process loaded NumPy with (a str, as the variables hold it), once
+``load_numpy`` has run; None where NumPy was imported before it."""
+
+
 def load_numpy():
     """Import NumPy with this process's share of BLAS threads; return ``choose``'s line."""
+    global PER_RANK
     if 'numpy' in sys.modules:
         return 'threads per rank: NumPy\'s own choice (NumPy was imported before distributed)'
     saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
     line = choose(os.environ, usable_cores())
+    PER_RANK = next(os.environ[name] for name in THREAD_VARIABLES if os.environ.get(name))
     try:
         import numpy  # noqa: F401  (OpenBLAS reads the thread count once, as it loads)
     finally:

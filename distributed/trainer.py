@@ -9,7 +9,7 @@ import yaml
 from chainer.training import extensions
 import numpy
 
-from distributed import checkpoint, liveness
+from distributed import checkpoint, liveness, threads
 from distributed.comm import loss_function
 from distributed.config import to_dict
 from distributed.data import unreadable_report
@@ -71,8 +71,9 @@ def run(trainer, config, runtime, datasets):
     SIGTERM or SIGINT on any rank makes every rank stop after the same iteration with a
     checkpoint written; the summary's ``stopped_by`` then names the signal.
     """
-    where = runtime.comm.mpi_comm.gather('{} pid {} on {}'.format(
-        runtime.rank, os.getpid(), socket.gethostname()))
+    # Threads are chosen per node (its cores shared by its ranks): each rank says its own.
+    where = runtime.comm.mpi_comm.gather('{} pid {} on {} ({} threads)'.format(
+        runtime.rank, os.getpid(), socket.gethostname(), threads.PER_RANK or 'NumPy\'s'))
     resumed, lines = checkpoint.load(trainer, runtime.comm, runtime.is_root, config.resume,
                                      config.out)
     checkpointer = trainer.get_extension('checkpointer')
