@@ -34,6 +34,26 @@ test: lint
 	$(BIN)/python -m pytest tests
 	timeout 900 $(MPIEXEC) -n 2 $(BIN)/python -m pytest -m mpi -p no:cacheprovider -q tests
 
+# The GPU path checked without a GPU (tests/test_cuda_kernels.py): the training path imported
+# with CuPy 14 as the GPU machines have it, and the CUDA sources of a ResNet-50 step compiled by
+# NVRTC against CUDA 13's headers. Its own virtual environment (~1.4 GB: requirements-cuda.txt)
+# keeps `make test` light. CUDA_PYTHON: best the GPU machines' Python, 3.12.
+CUDA_PYTHON ?= $(PYTHON)
+CUDA_VENV ?= .venv-cuda
+CUDA_STAMP := $(CUDA_VENV)/.installed-cuda
+
+.PHONY: cuda-check
+cuda-check: $(CUDA_STAMP)
+	REQUIRE_CUDA_CHECK=1 $(CUDA_VENV)/bin/python -m pytest -m cuda -p no:cacheprovider -q \
+		tests/test_cuda_kernels.py
+
+$(CUDA_STAMP): requirements.txt requirements-mpi.txt requirements-cuda.txt \
+		scripts/build_wheels.py scripts/setup.sh setup.cfg
+	@scripts/setup.sh "$(CUDA_PYTHON)" "$(CUDA_VENV)" pypi
+	$(CUDA_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+		-r requirements-cuda.txt
+	@touch $@
+
 # .whl/ for scripts/gpu_check.sh on a GPU machine without internet (Python 3.12, x86_64):
 # chainer and chainercv as pure-Python wheels, and what such a machine may lack (~46 MB;
 # it has opencv-python-headless, the image path's other library).
@@ -46,3 +66,4 @@ gpu-wheels: setup
 
 clean:
 	rm -rf $(VENV) .whl
+	rm -rf $(CUDA_VENV)
