@@ -127,6 +127,14 @@ def bcast_groups(model):
     return sorted(groups.items(), key=lambda group: group[0].str)
 
 
+def divide_in_place(array, n):
+    """Divide the CuPy ``array`` (float16 or float32) by ``n`` in place, on the current
+    stream: computed in float32 and rounded once to the array's dtype."""
+    import chainer
+    chainer.cuda.elementwise('float32 factor', 'T x', 'x = (T)((float)x * factor)',
+                             'distributed_divide_in_place')(numpy.float32(1.0 / n), array)
+
+
 _MEAN_FIRST_NCCL = []
 
 
@@ -171,12 +179,8 @@ def mean_first_nccl_class():
                 stream = chainer.cuda.Stream.null
             self._init_comms()
             if self.size > 1:
-                # Computed in float32 and rounded once to the buffer's dtype.
-                scale = chainer.cuda.elementwise(
-                    'float32 factor', 'T x', 'x = (T)((float)x * factor)',
-                    'distributed_divide_before_sum')
                 with stream:
-                    scale(numpy.float32(1.0 / self.size), sendbuf.array(n_elems, dtype=dtype))
+                    divide_in_place(sendbuf.array(n_elems, dtype=dtype), self.size)
             self.nccl_comm.allReduce(sendbuf.ptr(), recvbuf.ptr(), n_elems,
                                      _communication_utility._get_nccl_type_id(dtype),
                                      nccl.NCCL_SUM, stream.ptr)

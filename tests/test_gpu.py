@@ -218,3 +218,74 @@ def test_gpu_check_stops_clearly_without_a_gpu(tmp_path):
     assert done.stderr.startswith('gpu_check: no GPU visible: CuPy')
     assert 'Traceback' not in done.stderr
     assert not (tmp_path / 'venv').exists()
+
+
+# ---- Mixed precision through pure_nccl (issue 18) --------------------------------------
+# What the product decides is tested on the CPU (tests/test_mixed_precision.py); what the
+# communicator does with it is tested here, on one GPU: NCCL refuses two ranks on one
+# device, so the sum across ranks itself (divided first) needs a machine with two GPUs.
+
+needs_nccl = pytest.mark.skipif(not rt.nccl_available(), reason='CuPy cannot load NCCL here '
+                                '(pip install nvidia-nccl-cu12 or -cu13 to run it)')
+NOT_FLOAT16 = 1 + 2.0 ** -12
+"""A float32 number that float16 rounds (to 1.0)."""
+
+
+def mixed16_chain(device):
+    import chainer
+    import chainer.links as L
+    with chainer.using_config('dtype', chainer.mixed16):
+        model = chainer.Chain()
+        with model.init_scope():
+            model.conv = L.Convolution2D(3, 4, 3)
+            model.bn = L.BatchNormalization(4)
+    model.to_device(device)
+    return model
+
+
+@pytest.mark.gpu
+@gpu
+@needs_nccl
+def test_pure_nccl_keeps_float32_parameters_and_gradients_float32_under_mixed16():
+    import chainer
+    import chainermn
+    device = rt.select_device('0', 0, 1)
+    device.use()
+    xp = device.xp
+    with chainer.using_config('dtype', chainer.mixed16):
+        comm = rt.comm_module.create_communicator(
+            'pure_nccl', **rt.communicator_options('pure_nccl', 'float32'))
+        model = mixed16_chain(device)
+        assert model.conv.W.dtype == numpy.float16 and model.bn.gamma.dtype == numpy.float32
+        model.bn.gamma.array[:] = NOT_FLOAT16
+        weights = model.conv.W.array.copy()
+        comm.bcast_data(model)  # what every start and resume does
+        assert bool((model.bn.gamma.array == NOT_FLOAT16).all())
+        assert bool((model.conv.W.array == weights).all())
+
+        model.bn.gamma.grad = xp.full(4, NOT_FLOAT16, numpy.float32)
+        model.bn.beta.grad = xp.zeros(4, numpy.float32)
+        model.conv.W.grad = xp.full(model.conv.W.shape, 3, numpy.float16)
+        model.conv.b.grad = xp.zeros(4, numpy.float16)
+        comm.multi_node_mean_grad(model)
+        assert bool((model.bn.gamma.grad == NOT_FLOAT16).all()), 'reduced in float16'
+        assert bool((model.conv.W.grad == 3).all())
+
+        # ChainerMN's own, as the product used it, rounds them through float16.
+        theirs = chainermn.create_communicator('pure_nccl')
+        theirs.bcast_data(model)
+        assert bool((model.bn.gamma.array == 1).all())
+
+
+@pytest.mark.gpu
+@gpu
+def test_the_division_before_the_float16_sum():
+    # pure_nccl divides each rank's gradients by the rank count before the NCCL sum: 4
+    # ranks' 60000 sum to 60000, where the float16 sum first would be inf.
+    device = rt.select_device('0', 0, 1)
+    device.use()
+    values = numpy.array([60000, 65504, -65504, 3e-3, 1, 0], numpy.float16)
+    array = device.send(values)
+    rt.comm_module.divide_in_place(array, 4)
+    expected = (values.astype(numpy.float64) / 4).astype(numpy.float16)
+    numpy.testing.assert_array_equal(device.xp.asnumpy(array), expected)
