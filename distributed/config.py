@@ -149,6 +149,10 @@ class TrainConfig:
     """Show a progress bar on rank 0."""
     dtype: str = 'float32'
     """'float32', or 'mixed16' (chainer's mixed precision with dynamic loss scaling; for GPUs)."""
+    conv_bn: str = 'auto'
+    """Who runs Convolution2D and BatchNorm on GPUs: 'chainer' (its own CuPy kernels), 'cudnn'
+    (cuDNN through NVIDIA's cuDNN frontend, distributed/cudnn.py) or 'auto' (chainer's, until
+    a GPU run shows the two agree)."""
     stall_timeout: float = 600.0
     """Seconds a rank may go without progress (an iteration, an evaluation batch) before it
     prints its stacks and the job stops (0: never; at most a year)."""
@@ -204,6 +208,7 @@ CHOICES = {
     'optimizer.lr_scaling': ('workers', 'batch', 'none'),
     'comm.allreduce_dtype': ('float32', 'float16'),
     'train.dtype': ('float32', 'mixed16'),
+    'train.conv_bn': ('auto', 'cudnn', 'chainer'),
 }
 POSITIVE = ('data.crop_size', 'data.scale_size', 'data.workers', 'train.batch_size',
             'train.epochs', 'train.eval_interval', 'checkpoint.keep')

@@ -16,7 +16,7 @@ import chainer
 import numpy
 
 import distributed
-from distributed import comm as comm_module, compat, liveness
+from distributed import comm as comm_module, compat, cudnn, liveness
 
 GPU_COMMUNICATORS = ('pure_nccl', 'flat', 'non_cuda_aware')
 """ChainerMN communicators that move CuPy arrays (none of them runs on the CPU)."""
@@ -312,7 +312,8 @@ def create_runtime(config):
         device = select_device(config.device, local_index, world.size)
         name = communicator_name(config.comm.communicator, device)
         check_communicator(name, device, config.comm.allreduce_dtype)
-    except StartupError as e:
+        cudnn.setup(config.train.conv_bn, device.xp is not numpy)
+    except (StartupError, cudnn.Unavailable) as e:
         error = str(e)
     agree(world, error)
     set_precision(config.train.dtype)
@@ -358,9 +359,9 @@ def _gpu_lines(runtime):
     if cuda.cudnn_enabled:
         lines.append('cuDNN {}'.format(cuda.cuda.cudnn.getVersion()))
     else:
-        lines.append('cuDNN: absent (CuPy >= 14 has no cuDNN support): chainer runs '
-                     'convolutions, pooling and batch norm with CuPy kernels '
-                     '(im2col + cuBLAS), slower than cuDNN')
+        lines.append('cuDNN: absent from CuPy (CuPy >= 14 has no cuDNN support): chainer '
+                     'runs pooling with CuPy kernels')
+    lines.append(cudnn.describe())
     if nccl_available():
         from cupy.cuda import nccl
         code = nccl.get_version()
