@@ -46,6 +46,9 @@ class BenchConfig:
     """Timed training iterations."""
     warmup: int = 2
     """Untimed iterations first (at least 1: the first update only broadcasts weights)."""
+    dtype: str = 'float32'
+    """'float32' or 'mixed16', as training's train.dtype (float16 activations and conv/linear
+    weights, float32 master weights, dynamic loss scaling)."""
     communicator: str = 'auto'
     """ChainerMN communicator name, or 'inplace'; 'auto' as in training."""
     allreduce_dtype: str = 'float32'
@@ -101,6 +104,7 @@ def training_config(bench):
     config.data.scale_size = max(bench.crop_size, config.data.scale_size)
     config.data.loader = 'serial'
     config.train.batch_size = bench.batch_size
+    config.train.dtype = bench.dtype
     config.comm.communicator = bench.communicator
     config.comm.allreduce_dtype = bench.allreduce_dtype
     config.device = bench.device

@@ -1,6 +1,6 @@
 """Throughput benchmark: ``[mpiexec -n N] python -m launch.benchmark [-c FILE] [key=value]``.
 
-Keys (distributed.bench.BenchConfig): crop_size, batch_size, iterations, warmup, arch,
+Keys (distributed.bench.BenchConfig): crop_size, batch_size, iterations, warmup, arch, dtype,
 communicator, allreduce_dtype, allreduce_rounds, pipeline_images, pipeline_rounds,
 pipeline_crop, device, seed, out. Rank 0 prints a table and writes out/benchmark.json.
 """

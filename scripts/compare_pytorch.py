@@ -1,4 +1,6 @@
-"""The product against PyTorch DDP (gloo) on the same ResNet-50, shape, batch and ranks.
+"""The product against PyTorch on the same ResNet-50, shape, batch, precision and ranks.
+
+On CPUs, against PyTorch DDP (gloo):
 
     python scripts/compare_pytorch.py [--ranks 1 2] [--crop 64] [--batch 16] [--iterations 10]
         [--torch-python /tmp/torchvenv/bin/python] [--out results/compare]
@@ -7,6 +9,23 @@ For each rank count it runs the product's benchmark (launch.benchmark under mpie
 then PyTorch DDP in a separate interpreter that has torch (torch is never a dependency of
 the product), both with one thread per rank, and prints img/s, ratios and each one's
 scaling efficiency. This file is also the PyTorch worker (--worker).
+
+On one GPU (scripts/gpu_check.sh runs both halves):
+
+    python scripts/compare_pytorch.py --gpu [--batches 32 64 256] [--crop 224] [--tf32 1]
+        --out DIR          PyTorch's training img/s per precision and batch: DIR/pytorch.json
+    python scripts/compare_pytorch.py --summary DIR
+                           the table of DIR/pytorch.json beside the product's
+                           DIR/<precision>_b<batch>/benchmark.json (launch.benchmark dtype=...)
+
+Like for like: float32 against float32 with TF32 the same on both sides (PyTorch's
+convolutions use TF32 by default, its matmuls do not; CuPy's GEMMs, which carry chainer's
+im2col convolutions, use it only under CUPY_TF32=1), and the product's mixed16 (float16
+activations and conv/linear weights, float32 master weights, dynamic loss scaling) against
+PyTorch's AMP (autocast to float16 and GradScaler's dynamic loss scaling). Each step is timed
+as launch.benchmark times the product's: the uint8 batch sent to the GPU and normalised
+('data'), forward with the loss, backward, and the optimizer's update, with the GPU
+synchronised after each part; PyTorch's rate without those synchronisations is given too.
 """
 import argparse
 import json
@@ -76,6 +95,133 @@ def torch_rank(rank, size, args, queue):
     dist.destroy_process_group()
 
 
+PRECISIONS = ('float32', 'mixed16')
+"""The product's train.dtype values; PyTorch runs the same float32, and AMP for mixed16."""
+PARTS = ('data', 'forward', 'backward', 'update')
+"""Parts of a step that both benchmarks time (launch.benchmark's names)."""
+
+
+def torch_gpu(batches, precisions, crop, iterations, warmup, tf32):
+    """PyTorch ResNet-50 training on GPU 0: a dict for pytorch.json.
+
+    Every run: MomentumSGD (lr 0.1, momentum 0.9, weight decay 1e-4), 12 classes, NCHW,
+    torch.backends.cudnn.benchmark left at its default (False). Returns {'device', 'torch',
+    'tf32', 'runs': [{'precision', 'batch', 'images_per_sec', 'images_per_sec_unsynced',
+    'parts_s': {part: seconds per step}}]}.
+    """
+    import time
+    import numpy
+    import torch
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(tf32)
+    device = torch.device('cuda', 0)
+    mean = torch.tensor([123.15, 115.90, 103.06], device=device).view(1, 3, 1, 1)
+    runs = []
+    for precision in precisions:
+        for batch in batches:
+            torch.manual_seed(0)
+            model = resnet50(12).to(device)
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9,
+                                        weight_decay=1e-4)
+            amp = precision == 'mixed16'
+            scaler = torch.amp.GradScaler('cuda', enabled=amp)
+            rng = numpy.random.RandomState(0)
+            images = torch.from_numpy(rng.randint(0, 256, (batch, 3, crop, crop), numpy.uint8))
+            labels = torch.from_numpy(rng.randint(0, 12, batch).astype(numpy.int64))
+
+            def step(sync):
+                marks = [time.perf_counter()]
+                x = images.to(device).float() - mean
+                t = labels.to(device)
+                for part in PARTS:
+                    if part == 'forward':
+                        with torch.autocast('cuda', dtype=torch.float16, enabled=amp):
+                            loss = torch.nn.functional.cross_entropy(model(x), t)
+                    elif part == 'backward':
+                        optimizer.zero_grad(set_to_none=True)
+                        scaler.scale(loss).backward()
+                    elif part == 'update':
+                        scaler.step(optimizer)
+                        scaler.update()
+                    if sync:
+                        torch.cuda.synchronize()
+                        marks.append(time.perf_counter())
+                return marks
+
+            for _ in range(warmup):
+                step(True)
+            parts = numpy.zeros(len(PARTS))
+            for _ in range(iterations):
+                parts += numpy.diff(step(True))
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(iterations):
+                step(False)
+            torch.cuda.synchronize()
+            unsynced = iterations * batch / (time.perf_counter() - start)
+            parts /= iterations
+            runs.append({'precision': precision, 'batch': batch,
+                         'images_per_sec': batch / parts.sum(),
+                         'images_per_sec_unsynced': unsynced,
+                         'parts_s': dict(zip(PARTS, parts.tolist()))})
+            torch.cuda.empty_cache()
+    return {'device': torch.cuda.get_device_name(0), 'torch': torch.__version__,
+            'tf32': bool(tf32), 'runs': runs}
+
+
+def comparison_rows(folder):
+    """Rows of the GPU comparison from ``folder``: PyTorch's pytorch.json and the product's
+    <precision>_b<batch>/benchmark.json. A run missing on one side (a failed or timed-out
+    step) leaves its numbers None. Raises OSError or ValueError where pytorch.json is
+    missing or not JSON."""
+    with open(os.path.join(folder, 'pytorch.json')) as f:
+        torch_runs = json.load(f)['runs']
+    rows = []
+    for run in torch_runs:
+        path = os.path.join(folder, '{}_b{}'.format(run['precision'], run['batch']),
+                            'benchmark.json')
+        try:
+            with open(path) as f:
+                product = json.load(f)
+        except (OSError, ValueError):
+            product = None
+        rate = product['images_per_sec'] if product else None
+        rows.append({
+            'precision': run['precision'], 'batch': run['batch'],
+            'product': rate, 'pytorch': run['images_per_sec'],
+            'pytorch_unsynced': run['images_per_sec_unsynced'],
+            'ratio': rate / run['images_per_sec'] if rate else None,
+            'product_parts_s': ({part: product['parts_s'][part] for part in PARTS}
+                                if product else None),
+            'pytorch_parts_s': run['parts_s']})
+    return rows
+
+
+def format_comparison(rows, tf32):
+    """The readable table of ``comparison_rows``: img/s, ratio, and each step's parts in ms."""
+    def rate(value):
+        return '{:9.1f}'.format(value) if value else '      n/a'
+
+    def parts(values):
+        if not values:
+            return 'n/a'
+        return ' '.join('{} {:.1f}'.format(part, values[part] * 1000) for part in PARTS)
+
+    lines = ['ResNet-50 training img/s on one GPU (float32: TF32 {} on both sides; mixed16: '
+             'the product\'s mixed16 against PyTorch AMP)'.format('on' if tf32 else 'off'),
+             'precision  batch   product   pytorch  product/pytorch  (pytorch unsynced)']
+    for row in rows:
+        lines.append('{:<9}  {:5d} {} {}  {:>15}  ({})'.format(
+            row['precision'], row['batch'], rate(row['product']), rate(row['pytorch']),
+            '{:.2f}'.format(row['ratio']) if row['ratio'] else 'n/a',
+            rate(row['pytorch_unsynced']).strip()))
+    lines.append('where a step goes, ms (each part followed by a GPU synchronisation):')
+    for row in rows:
+        lines.append('  {} b{}: product {} | pytorch {}'.format(
+            row['precision'], row['batch'], parts(row['product_parts_s']),
+            parts(row['pytorch_parts_s'])))
+    return '\n'.join(lines)
+
+
 def run_torch(args, ranks):
     import torch.multiprocessing as mp
     context = mp.get_context('spawn')
@@ -111,7 +257,31 @@ def main():
     parser.add_argument('--venv', default=os.path.join(REPO, '.venv'))
     parser.add_argument('--out', default=os.path.join(REPO, 'results', 'compare'))
     parser.add_argument('--worker', type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument('--gpu', action='store_true', help='PyTorch on GPU 0: out/pytorch.json')
+    parser.add_argument('--batches', type=int, nargs='+', default=[32, 64, 256])
+    parser.add_argument('--precisions', nargs='+', choices=PRECISIONS, default=list(PRECISIONS))
+    parser.add_argument('--tf32', type=int, choices=(0, 1), default=1)
+    parser.add_argument('--summary', metavar='DIR', help='the GPU comparison table of DIR')
     args = parser.parse_args()
+    if args.summary:
+        try:
+            rows = comparison_rows(args.summary)
+            with open(os.path.join(args.summary, 'pytorch.json')) as f:
+                tf32 = json.load(f)['tf32']
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            sys.exit('compare_pytorch: no comparison in {} ({}: {})'.format(
+                args.summary, type(e).__name__, e))
+        print(format_comparison(rows, tf32))
+        with open(os.path.join(args.summary, 'compare.json'), 'w') as f:
+            json.dump({'tf32': tf32, 'rows': rows}, f, indent=1)
+        return 0
+    if args.gpu:
+        os.makedirs(args.out, exist_ok=True)
+        result = torch_gpu(args.batches, args.precisions, args.crop, args.iterations,
+                           args.warmup, args.tf32)
+        with open(os.path.join(args.out, 'pytorch.json'), 'w') as f:
+            json.dump(result, f, indent=1)
+        return 0
     if args.worker:
         print(json.dumps({'images_per_sec': run_torch(args, args.worker)}))
         return 0
