@@ -1,0 +1,318 @@
+"""Jobs across hosts: the launchers on test hosts of their own, with the faults only a
+cluster has (a host that dies, one that drops off the network, a host that cannot see a
+folder).
+
+The hosts are scripts/testbed/up.sh's (root): network namespaces sop-n1.. with their own
+address, host name and mounts, sshd on each, joined by a bridge. mpiexec runs on sop-n1
+and reaches the others through real ssh (keep-alives: a silent host is given up after
+6 s). UCX_TLS=tcp,self: MPICH's UCX would otherwise carry the ranks' traffic through
+shared memory, which crosses network namespaces on one kernel (a cut link would then
+change nothing: test_a_host_off_the_network... fails if it does). Where no test bed is
+up (or this is not root), the module is skipped with one line; with REQUIRE_MULTINODE=1
+(.ci/run) that is an error instead.
+"""
+import glob
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import numpy
+import pytest
+
+from jobs import TINY
+from launching import MPIEXEC, REPO
+
+BED = '/var/lib/sop-testbed'
+ON = os.path.join(REPO, 'scripts', 'testbed', 'on')
+SSH = os.path.join(BED, 'ssh')
+LOCAL = os.path.join(BED, 'local')
+"""sop-n1 sees this folder; every other test host sees an empty tmpfs of its own there."""
+DEADLINE = 30  # seconds from a fault to the whole job being gone, on every host
+KEEPALIVE = 6  # seconds: sshd's ClientAliveInterval x ClientAliveCountMax (up.sh)
+
+
+def _bed_down():
+    """Why no test can run here, or None."""
+    if os.geteuid() != 0:
+        return 'not root (the tests enter the test hosts\' namespaces)'
+    if not os.path.exists(os.path.join(BED, 'hosts')):
+        return 'no test bed ({} missing)'.format(os.path.join(BED, 'hosts'))
+    try:
+        done = subprocess.run([ON, 'sop-n1', SSH, 'sop-n2', 'hostname'], capture_output=True,
+                              text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return 'sop-n1 cannot reach sop-n2 within 30 s'
+    if done.stdout.strip() != 'sop-n2':
+        return 'sop-n1 cannot ssh to sop-n2 ({})'.format(
+            (done.stderr.strip() or str(done.returncode)).splitlines()[0])
+    return None
+
+
+WHY = _bed_down()
+if WHY and os.environ.get('REQUIRE_MULTINODE') == '1':  # .ci/run: they must run, not skip
+    raise RuntimeError('multinode tests: {}'.format(WHY))
+if WHY:
+    pytest.skip('multinode tests: {}; scripts/testbed/up.sh (root) brings the test hosts '
+                'up'.format(WHY), allow_module_level=True)
+
+pytestmark = pytest.mark.multinode
+
+CORES = len(os.sched_getaffinity(0))
+"""The test hosts share this machine's cores: each host has all of them."""
+
+
+def on(host, *command, **kwargs):
+    return subprocess.run([ON, host] + list(command), capture_output=True, text=True,
+                          timeout=60, **kwargs)
+
+
+def listener(host):
+    with open(os.path.join(BED, 'n' + host[len('sop-n'):], 'sshd.pid')) as f:
+        return int(f.read())
+
+
+def on_host(host):
+    """{pid: command line} of the processes on ``host`` (in its network namespace) other
+    than its sshd listener, which belongs to the test bed."""
+    daemon = listener(host)
+    namespace = os.readlink('/proc/{}/ns/net'.format(daemon))
+    found = {}
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit() or int(entry) == daemon:
+            continue
+        try:
+            if os.readlink('/proc/{}/ns/net'.format(entry)) != namespace:
+                continue
+            with open('/proc/{}/cmdline'.format(entry), 'rb') as f:
+                command = f.read().replace(b'\0', b' ').decode(errors='replace')
+            with open('/proc/{}/stat'.format(entry)) as f:
+                if f.read().rsplit(')', 1)[1].split()[0] == 'Z':
+                    continue
+        except OSError:
+            continue
+        found[int(entry)] = command
+    return found
+
+
+def left_behind(hosts, grace):
+    """{host: {pid: command}} still running on ``hosts`` after up to ``grace`` seconds."""
+    end = time.monotonic() + grace
+    while True:
+        left = {host: on_host(host) for host in hosts}
+        left = {host: pids for host, pids in left.items() if pids}
+        if not left or time.monotonic() > end:
+            return left
+        time.sleep(0.5)
+
+
+def link(host, state):
+    subprocess.run(['ip', '-n', 'soptb-n' + host[len('sop-n'):], 'link', 'set', 'eth0',
+                    state], check=True, timeout=30)
+
+
+class Job:
+    """``mpiexec`` on sop-n1 with ``ppn`` ranks on each of ``hosts``, as on a cluster."""
+
+    def __init__(self, args, hosts=('sop-n1', 'sop-n2'), ppn=1, env=None):
+        environment = {k: v for k, v in os.environ.items()
+                       if k not in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS',
+                                    'MKL_NUM_THREADS')}
+        environment.update(PYTHONPATH=REPO, UCX_TLS='tcp,self', **(env or {}))
+        command = [ON, 'sop-n1', MPIEXEC, '-launcher', 'ssh', '-launcher-exec', SSH,
+                   '-hosts', ','.join(hosts), '-n', str(ppn * len(hosts)), '-ppn', str(ppn),
+                   sys.executable, '-m', 'launch.train'] + list(args)
+        self.hosts = hosts
+        # nsenter and env exec: this process is mpiexec itself.
+        self.proc = subprocess.Popen(command, cwd=REPO, env=environment, text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self.output = ''
+
+    def finish(self, timeout=300):
+        try:
+            self.output, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.output = self.proc.communicate()[0]
+            pytest.fail('the job did not end within {} s:\n{}'.format(timeout, self.output))
+        return self.proc.returncode, self.output
+
+    def wait_for(self, path, timeout=240):
+        end = time.monotonic() + timeout
+        while not os.path.exists(path):
+            if self.proc.poll() is not None or time.monotonic() > end:
+                pytest.fail('{} never appeared:\n{}'.format(path, self.finish(30)[1]))
+            time.sleep(0.2)
+
+
+@pytest.fixture
+def bed(tiny_sop):
+    """A folder of sop-n1's own (``LOCAL``) for the test, and the test hosts as they were
+    afterwards: every link up, nothing of the test's left running (killed, and the test
+    fails, if it was)."""
+    folder = os.path.join(LOCAL, 'test-' + uuid.uuid4().hex[:8])
+    os.makedirs(folder)
+    yield folder
+    hosts = ('sop-n1', 'sop-n2', 'sop-n3')
+    for host in hosts:
+        link(host, 'up')
+    left = left_behind(hosts, grace=0)
+    for pids in left.values():
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    shutil.rmtree(folder, ignore_errors=True)
+    assert not left, 'processes left on the test hosts: {}'.format(left)
+
+
+def train_args(root, out, *overrides):
+    return (['data.root={}'.format(root), 'out={}'.format(out)] + TINY
+            + ['train.log_interval=1'] + list(overrides))
+
+
+def checkpoints(out):
+    return sorted(glob.glob(os.path.join(out, 'snapshot_iter_*.npz')),
+                  key=lambda p: int(re.findall(r'\d+', os.path.basename(p))[0]))
+
+
+def assert_intact(paths):
+    """Each checkpoint reads whole (every array of the zip archive)."""
+    assert paths
+    for path in paths:
+        with numpy.load(path, allow_pickle=False) as archive:
+            for key in archive.files:
+                archive[key]
+
+
+def assert_nothing_written(host, path):
+    """No file under ``path`` for ``host`` (its own mounts): no rank there wrote one.
+    (Folders may be there: chainer's ``Trainer.run`` makes its ``out`` on every rank.)"""
+    seen = on(host, 'find', path, '-not', '-type', 'd')
+    assert seen.stdout == '' and seen.returncode in (0, 1), (host, seen)
+
+
+def assert_placed(output, ppn):
+    """The log names each rank's host; each host's ``ppn`` ranks share its cores."""
+    assert 'runtime: {} rank(s) on 2 node(s)'.format(2 * ppn) in output, output
+    threads = max(1, CORES // ppn)
+    ranks = re.search(r'^ranks: (.*)$', output, re.M)
+    assert ranks, output
+    placed = re.findall(r'(\d+) pid \d+ on (\S+) \((\S+) threads\)', ranks.group(1))
+    assert sorted(placed) == sorted(
+        (str(rank), 'sop-n{}'.format(1 + rank // ppn), str(threads))
+        for rank in range(2 * ppn)), output
+
+
+def test_one_rank_on_each_of_two_hosts_trains_to_the_end_and_only_rank_0_writes(
+        bed, tiny_sop):
+    # out is sop-n1's own folder: sop-n2 cannot see it, and needs not to.
+    out = os.path.join(bed, 'out')
+    code, output = Job(train_args(tiny_sop, out, 'train.epochs=1')).finish()
+    assert code == 0, output
+    assert_placed(output, ppn=1)
+    for name in ('log', 'model.npz', 'config.yaml'):
+        assert os.path.exists(os.path.join(out, name)), (name, output)
+    assert_nothing_written('sop-n2', bed)
+
+
+def test_two_ranks_on_each_host_checkpoint_and_resume_where_one_cannot_see_out(bed, tiny_sop):
+    # Every rank's state (its iterator's position, its sums for the log) is in the
+    # checkpoint that rank 0 writes and reads: the ranks on sop-n2 get theirs through MPI.
+    out = os.path.join(bed, 'out')
+    code, output = Job(train_args(tiny_sop, out, 'train.epochs=1'), ppn=2).finish()
+    assert code == 0, output
+    assert_placed(output, ppn=2)
+    written = checkpoints(out)
+    assert written, output
+    again = Job(train_args(tiny_sop, out, 'train.epochs=2', 'resume=auto'), ppn=2)
+    code, output = again.finish()
+    assert code == 0, output
+    assert 'resumed from {}'.format(written[-1]) in output, output
+    assert_nothing_written('sop-n2', bed)
+
+
+def test_data_root_missing_on_one_host_stops_every_rank_naming_host_and_path(bed, tiny_sop):
+    root = os.path.join(bed, 'sop')  # on sop-n1 only
+    shutil.copytree(tiny_sop, root)
+    began = time.monotonic()
+    job = Job(train_args(root, os.path.join(bed, 'out'), 'train.epochs=1'))
+    code, output = job.finish(timeout=120)
+    errors = [line for line in output.splitlines() if line.startswith('error:')]
+    assert code == 2, output
+    assert len(errors) == 1 and 'sop-n2' in errors[0] and root in errors[0], output
+    assert 'skipping unreadable image' not in output, output
+    assert time.monotonic() - began < 60, output
+
+
+def _until_checkpoint(bed, tiny_sop, *overrides):
+    out = os.path.join(bed, 'out')
+    job = Job(train_args(tiny_sop, out, 'train.epochs=100', 'checkpoint.interval=2',
+                         *overrides))
+    job.wait_for(os.path.join(out, 'snapshot_iter_2.npz'))
+    return job, out
+
+
+def test_a_host_whose_processes_all_die_ends_the_job(bed, tiny_sop, record_property):
+    job, out = _until_checkpoint(bed, tiny_sop)
+    victims = on_host('sop-n2')
+    assert any('launch.train' in command for command in victims.values()), victims
+    killed = time.monotonic()
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    code, output = job.finish(timeout=DEADLINE + 60)
+    seconds = time.monotonic() - killed
+    record_property('host_died', (code, round(seconds, 1)))
+    assert code != 0 and seconds < DEADLINE, (code, seconds, output)
+    assert 'sop-n2' in output.split('snapshot_iter_2')[-1], output
+    assert left_behind(job.hosts, grace=DEADLINE) == {}
+    assert_intact(checkpoints(out))
+
+
+def test_a_host_off_the_network_ends_the_job_after_the_stall_timeout(
+        bed, tiny_sop, record_property):
+    # Nothing is killed: sop-n2's link goes down. Its ranks and rank 0 wait in an
+    # allreduce until their watchdogs fire (train.stall_timeout); Hydra's mpiexec, which
+    # waits for every host's proxy, ends only because the watchdog aborts the job
+    # (MPI_Abort): a rank that merely exited left it waiting for ever.
+    stall = 15
+    job, out = _until_checkpoint(bed, tiny_sop, 'train.stall_timeout={}'.format(stall))
+    link('sop-n2', 'down')
+    cut = time.monotonic()
+    code, output = job.finish(timeout=stall + DEADLINE + 60)
+    seconds = time.monotonic() - cut
+    record_property('link_down', (code, round(seconds, 1)))
+    assert code == 4 and seconds < stall + DEADLINE, (code, seconds, output)
+    assert 'made no progress for' in output and 'train.stall_timeout' in output, output
+    # sop-n2's ranks end by their own watchdogs, its sshd session after the keep-alives.
+    assert left_behind(job.hosts, grace=stall + KEEPALIVE + DEADLINE) == {}
+    assert_intact(checkpoints(out))
+
+
+def test_a_host_off_the_network_at_start_up_ends_the_job(bed, tiny_sop):
+    link('sop-n2', 'down')
+    began = time.monotonic()
+    job = Job(train_args(tiny_sop, os.path.join(bed, 'out'), 'train.epochs=1'))
+    code, output = job.finish(timeout=DEADLINE + 60)
+    assert code != 0 and time.monotonic() - began < DEADLINE, (code, output)
+    assert 'sop-n2' in output, output
+    assert left_behind(job.hosts, grace=DEADLINE) == {}
+
+
+def test_sigterm_to_mpiexec_with_ranks_on_both_hosts_checkpoints_once(bed, tiny_sop):
+    job, out = _until_checkpoint(bed, tiny_sop)
+    before = checkpoints(out)
+    job.proc.send_signal(signal.SIGTERM)
+    code, output = job.finish(timeout=DEADLINE + 60)
+    assert code == 143, output
+    assert 'stopped by SIGTERM' in output, output
+    after = checkpoints(out)
+    assert len(after) == len(before) + 1 or after[-1] not in before, (before, after, output)
+    assert_intact(after)
+    assert left_behind(job.hosts, grace=DEADLINE) == {}
