@@ -56,6 +56,7 @@ PLAN=(
   "train_2ranks 30 mpiexec -n 2 launch.train, 1 epoch: one GPU per rank where there are 2, else on the CPU (the MPI runtime from the wheel set)"
   # Issue 21 (the cuDNN path): its numerics and speed step(s) here, within the 120 s that
   # the steps above and below leave of the 390 s (tests/test_gpu_check.py holds the total).
+  "cudnn 120 scripts/cudnn_check.py: train.conv_bn=cudnn against chainer's path and PyTorch: ResNet-50's convolutions and BatchNorm, 10 steps' losses, img/s at batch 256"
   "bench_product 85 launch.benchmark device=0, ${CROP} px, float32 and mixed16 at batch ${BATCHES// /, }"
   "bench_pytorch 25 PyTorch ResNet-50, the same shapes, float32 and AMP (compare_pytorch.py --gpu)"
 )
@@ -309,12 +310,17 @@ step_bench_product() {
   done
   return $failed
 }
+step_cudnn() {
+  # Unbuffered: a step cut at its limit keeps the parts it printed.
+  "$PY" -u scripts/cudnn_check.py --batches 256 --steps 10 --timed 3 --numerics-batch 4 \
+    --tf32 "$TF32" --out "$WORK/cudnn.json"
+}
 step_bench_pytorch() {
   "$PY" scripts/compare_pytorch.py --gpu --crop $CROP --batches $BATCHES --iterations 8 \
     --warmup 2 --tf32 "$TF32" --out "$WORK/bench"
 }
 export -f step_tests train step_train_float32 step_train_mixed16 step_train_2ranks \
-  step_bench_product step_bench_pytorch
+  step_cudnn step_bench_product step_bench_pytorch
 export PY WORK GPUS BATCHES CROP TF32
 rm -rf "$WORK/bench"
 
