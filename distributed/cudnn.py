@@ -374,9 +374,10 @@ class Frontend:
             fe = self.fe
             t = {'x': self._tensor(graph, 'x', x), 'gamma': self._channel(graph, 'gamma', c),
                  'beta': self._channel(graph, 'beta', c), 'eps': self._scalar(graph, 'eps')}
+            # No running statistics in the graph: update_running_stats keeps chainer's.
             y, mean, inv_std = graph.batchnorm(
-                norm_forward_phase=fe.norm_forward_phase.TRAINING, input=t['x'],
-                scale=t['gamma'], bias=t['beta'], epsilon=t['eps'], name='batchnorm')[:3]
+                input=t['x'], scale=t['gamma'], bias=t['beta'], epsilon=t['eps'],
+                name='batchnorm')[:3]
             t['y'] = self._output(y, x.shape, self._data_type(x.dtype), like=x)
             t['mean'] = self._output(mean, (1, c, 1, 1), fe.data_type.FLOAT)
             t['inv_std'] = self._output(inv_std, (1, c, 1, 1), fe.data_type.FLOAT)

@@ -19,7 +19,6 @@ class data_type(enum.Enum):
 
 heur_mode = enum.Enum('heur_mode', 'A B FALLBACK')
 numerical_note = enum.Enum('numerical_note', 'TENSOR_CORE NONDETERMINISTIC')
-norm_forward_phase = enum.Enum('norm_forward_phase', 'TRAINING INFERENCE')
 
 
 class cudnnGraphNotSupportedError(RuntimeError):
@@ -82,7 +81,7 @@ class Graph:
         self.ops[-1][1]['out_tensor'] = dw
         return dw
 
-    def batchnorm(self, norm_forward_phase, input, scale, bias, epsilon, name):
+    def batchnorm(self, input, scale, bias, epsilon, name):
         return self._op('batchnorm', 3, x=input, scale=scale, bias=bias, eps=epsilon)
 
     def batchnorm_inference(self, input, mean, inv_variance, scale, bias, name):
@@ -244,7 +243,6 @@ def make(decline=lambda graph: False):
     """A fresh stand-in module; ``module.graphs`` lists the graphs made through it."""
     module = types.SimpleNamespace(
         data_type=data_type, heur_mode=heur_mode, numerical_note=numerical_note,
-        norm_forward_phase=norm_forward_phase,
         cudnnGraphNotSupportedError=cudnnGraphNotSupportedError,
         backend_version=lambda: 91000, __version__='stand-in', graphs=[], executions=0,
         handles=[], streams=[], decline=decline)
