@@ -21,6 +21,11 @@ import cudnn_standin
 from distributed import config as config_module, cudnn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHAINERS = {(cls, name): cls.__dict__[name] for cls, name in [
+    (convolution_2d.Convolution2DFunction, 'forward_gpu'),
+    (deconvolution_2d.Deconvolution2DFunction, 'forward_gpu'),
+    (convolution_2d.Convolution2DGradW, 'forward_gpu'),
+    (bn.BatchNormalization, 'forward'), (bn.FixedBatchNormalization, 'forward')]}
 
 # (x shape, W shape, stride, pad, dilate, groups): ResNet-50's kinds of convolution (7x7/2
 # stem, 1x1, 3x3, 1x1/2 projection) at a small size, and dilated, grouped, non-square ones.
@@ -142,7 +147,9 @@ def test_a_graph_is_built_once_per_case(fe):
     assert set(fe.fe.streams) == {7}
 
 
-def test_a_declined_case_is_cached_and_runs_chainers_path(fe, monkeypatch):
+def test_a_declined_case_is_cached_and_runs_chainers_path(monkeypatch, fe):
+    # monkeypatch first: its undoing comes after ``fe``'s uninstall, which puts back the
+    # method kept at install (the stand-in below), so chainer's own is what stays.
     # chainer's own GPU method stands in for itself with its CPU method, so that the
     # fallback's result can be compared on this machine.
     monkeypatch.setattr(convolution_2d.Convolution2DFunction, 'forward_gpu',
@@ -321,6 +328,10 @@ def test_the_log_says_which_path_runs(fe, monkeypatch):
     line = cudnn.describe()
     assert 'cuDNN 91000 through the cuDNN frontend' in line
     assert 'NCHW' in line and 'TF32 off' in line
+
+
+def test_chainers_methods_are_back_after_the_tests_above():
+    assert all(cls.__dict__[name] is method for (cls, name), method in CHAINERS.items())
 
 
 def test_the_gpu_check_script_starts_on_the_cpu():
