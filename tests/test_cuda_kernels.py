@@ -8,7 +8,9 @@ float16.
 runs this file with REQUIRE_CUDA_CHECK=1: there a missing CuPy or NVRTC fails the tests instead
 of skipping them. In the plain `make test` environment they skip with one line.
 
-What no GPU can give, and what stands in for it here:
+The imports need no stand-in: the libraries chainer and ChainerMN load (cuBLAS, NCCL) come
+from NVIDIA's PyPI wheels, as PyTorch's CUDA 13 wheels bring them to the GPU machines; only the
+driver and the device are absent. What no GPU can give, and what stands in for it here:
 - The device's compute capability, which CuPy's compile call asks the device for: the tests
   name the architectures and call NVRTC through CuPy's own program wrapper
   (``cupy.cuda.compiler._NVRTCProgram``) with the options CuPy assembles for every kernel
