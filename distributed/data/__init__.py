@@ -1,5 +1,6 @@
-"""Data: SOP splits read on rank 0, scattered across ranks, transformed, iterated."""
+"""Data: SOP splits read on rank 0, shared across ranks, transformed, iterated."""
 import os
+import socket
 
 import chainer
 import chainermn
@@ -58,6 +59,8 @@ def read_on_root(config, runtime, splits, too_small=None):
     pairs.
     """
     root = sop.resolve_root(config.data.root)  # on every rank: minisop is made where needed
+    # Every host reads its own images: it must have rank 0's tree at the same path.
+    seen = runtime.comm.mpi_comm.gather((socket.gethostname(), sop.index_digest(root)))
     datasets = [None] * len(splits)
     error = None
     if runtime.is_root:

@@ -1,5 +1,6 @@
 """The Stanford Online Products (SOP) format: label names, index files, validation."""
 import codecs
+import hashlib
 import os
 import re
 
@@ -166,6 +167,42 @@ def _legacy_line(root, line):
 
 def _is_header(line):
     return [field.lower() for field in line.split()] == INDEX_HEADER.split()
+
+
+def index_digest(root):
+    """SHA-1 (hex str) of the train and test index files under ``root`` as this host sees
+    them, or None where either cannot be read. A few MB on the real SOP."""
+    digest = hashlib.sha1()
+    try:
+        for split in ('train', 'test'):
+            with open(os.path.join(root, INDEX_FILES[split]), 'rb') as f:
+                digest.update(f.read())
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def check_hosts(root, seen):
+    """An error message naming the hosts where ``root`` is not the SOP tree rank 0 checked,
+    or None. ``seen``: (host name, ``index_digest(root)`` there) of every rank, rank 0's
+    first. Each host reads the images under its own ``root``: a host that lacks the tree
+    (no shared filesystem, a copy not made) or has another one there would fail or train
+    on other images only once the job is running."""
+    missing, different = {}, {}
+    for rank, (host, digest) in enumerate(seen):
+        if digest != seen[0][1]:
+            (missing if digest is None else different).setdefault(host, []).append(rank)
+    if not (missing or different):
+        return None
+
+    def named(hosts):
+        return ', '.join('{} ({} {})'.format(host, 'rank' if len(ranks) == 1 else 'ranks',
+                                             ' '.join(map(str, ranks)))
+                         for host, ranks in hosts.items())
+    problems = (['not there on {}'.format(named(missing))] if missing else []) + (
+        ['different index files on {}'.format(named(different))] if different else [])
+    return ('data.root {}: {}; every host must see the same SOP tree at that path (a shared '
+            'filesystem, or a copy on each host).'.format(root, ' and '.join(problems)))
 
 
 def check_tree(root):
