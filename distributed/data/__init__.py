@@ -64,7 +64,7 @@ def read_on_root(config, runtime, splits, too_small=None):
     datasets = [None] * len(splits)
     error = None
     if runtime.is_root:
-        error = sop.check_tree(root)
+        error = sop.check_tree(root) or sop.check_hosts(root, seen)
         if not error:
             datasets = [sop.load_split(root, split) for split in splits]
             error = too_small(root, datasets) if too_small else None
