@@ -119,6 +119,8 @@ KERNELS = {
         {'n_channel', 'n_unit', 'ignore_label'}, (FLOAT32, MIXED16)),
     ('chainer.optimizers.momentum_sgd', 'momentum_sgd'): ({'lr', 'momentum'}, (FLOAT32,)),
     ('chainer.optimizer_hooks.weight_decay', 'weight_decay'): ({'decay'}, (FLOAT32,)),
+    # The product's own: the mean of the gradients, float16 under mixed16.
+    ('distributed.comm', 'distributed_divide_in_place'): ({'factor'}, (FLOAT32, MIXED16)),
 }
 
 NOT_IN_A_STEP = {
@@ -148,15 +150,14 @@ NOT_GENERATED = {
 (scripts/gpu_check.sh) is what checks them."""
 
 
-def _chainer_kernel_calls(module_name):
-    """``{name: cupy kernel}`` for each literal ``cuda.elementwise``/``cuda.reduce`` call in the
-    module's source, built as chainer builds it."""
-    module = importlib.import_module(module_name)
+def _kernel_calls(source):
+    """``{name: cupy kernel}`` for each literal ``cuda.elementwise``/``cuda.reduce`` call
+    (``chainer.cuda.`` or ``cuda.``) in ``source``, built as chainer builds it."""
     kernels = {}
-    for node in ast.walk(ast.parse(inspect.getsource(module))):
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                and isinstance(node.func.value, ast.Name) and node.func.value.id == 'cuda'
-                and node.func.attr in ('elementwise', 'reduce')):
+    for node in ast.walk(ast.parse(source)):
+        if not (isinstance(node, ast.Call)
+                and ast.unparse(node.func).split('.')[-2:] in (['cuda', 'elementwise'],
+                                                               ['cuda', 'reduce'])):
             continue
         try:
             args = [ast.literal_eval(a) for a in node.args]
@@ -187,7 +188,7 @@ def step_kernels():
     found = {}
     for module in sorted({m for m, _ in list(KERNELS) + list(NOT_IN_A_STEP)}):
         calls = (_max_pooling_kernels() if module.endswith('max_pooling_nd')
-                 else _chainer_kernel_calls(module))
+                 else _kernel_calls(inspect.getsource(importlib.import_module(module))))
         found.update({(module, name): kernel for name, kernel in calls.items()})
     return found
 
@@ -330,6 +331,19 @@ def test_chainermn_half_kernels_shim_is_idempotent():
 
 def test_every_kernel_of_those_modules_is_compiled_or_said_why_not():
     assert set(step_kernels()) == set(KERNELS) | set(NOT_IN_A_STEP)
+
+
+def test_every_kernel_of_the_product_is_compiled():
+    found = set()
+    for folder in ('distributed', 'launch'):
+        for root, _, files in os.walk(os.path.join(REPO, folder)):
+            for name in files:
+                if name.endswith('.py'):
+                    with open(os.path.join(root, name)) as f:
+                        module = os.path.relpath(os.path.join(root, name[:-3]), REPO)
+                        found |= {(module.replace(os.sep, '.'), kernel)
+                                  for kernel in _kernel_calls(f.read())}
+    assert found and found <= set(KERNELS)
 
 
 CASES = [(key, types, architecture) for key, (_, type_maps) in sorted(KERNELS.items())
