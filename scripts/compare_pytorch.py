@@ -14,7 +14,7 @@ On one GPU (scripts/gpu_check.sh runs both halves):
 
     python scripts/compare_pytorch.py --gpu [--batches 32 64 256] [--crop 224] [--tf32 1]
         --out DIR          PyTorch's training img/s per precision and batch: DIR/pytorch.json
-    python scripts/compare_pytorch.py --summary DIR
+    python scripts/compare_pytorch.py --summary DIR [--tf32 1] [--batches 32 64 256]
                            the table of DIR/pytorch.json beside the product's
                            DIR/<precision>_b<batch>/benchmark.json (launch.benchmark dtype=...)
 
@@ -168,31 +168,38 @@ def torch_gpu(batches, precisions, crop, iterations, warmup, tf32):
             'tf32': bool(tf32), 'runs': runs}
 
 
-def comparison_rows(folder):
+def comparison_rows(folder, batches=(32, 64, 256)):
     """Rows of the GPU comparison from ``folder``: PyTorch's pytorch.json and the product's
-    <precision>_b<batch>/benchmark.json. A run missing on one side (a failed or timed-out
-    step) leaves its numbers None. Raises OSError or ValueError where pytorch.json is
-    missing or not JSON."""
-    with open(os.path.join(folder, 'pytorch.json')) as f:
-        torch_runs = json.load(f)['runs']
-    rows = []
-    for run in torch_runs:
-        path = os.path.join(folder, '{}_b{}'.format(run['precision'], run['batch']),
-                            'benchmark.json')
+    <precision>_b<batch>/benchmark.json, for each precision and batch. A run missing on one
+    side (a failed or timed-out step) leaves that side's numbers None; rows missing on both
+    sides are left out. Raises ValueError where there is no run at all."""
+    def load(*path):
         try:
-            with open(path) as f:
-                product = json.load(f)
+            with open(os.path.join(folder, *path)) as f:
+                return json.load(f)
         except (OSError, ValueError):
-            product = None
-        rate = product['images_per_sec'] if product else None
-        rows.append({
-            'precision': run['precision'], 'batch': run['batch'],
-            'product': rate, 'pytorch': run['images_per_sec'],
-            'pytorch_unsynced': run['images_per_sec_unsynced'],
-            'ratio': rate / run['images_per_sec'] if rate else None,
-            'product_parts_s': ({part: product['parts_s'][part] for part in PARTS}
-                                if product else None),
-            'pytorch_parts_s': run['parts_s']})
+            return None
+
+    torch_runs = {(run['precision'], run['batch']): run
+                  for run in (load('pytorch.json') or {}).get('runs', [])}
+    rows = []
+    for precision in PRECISIONS:
+        for batch in batches:
+            product = load('{}_b{}'.format(precision, batch), 'benchmark.json')
+            run = torch_runs.get((precision, batch))
+            if product is None and run is None:
+                continue
+            rate = product['images_per_sec'] if product else None
+            torch_rate = run['images_per_sec'] if run else None
+            rows.append({
+                'precision': precision, 'batch': batch, 'product': rate, 'pytorch': torch_rate,
+                'pytorch_unsynced': run['images_per_sec_unsynced'] if run else None,
+                'ratio': rate / torch_rate if rate and torch_rate else None,
+                'product_parts_s': ({part: product['parts_s'][part] for part in PARTS}
+                                    if product else None),
+                'pytorch_parts_s': run['parts_s'] if run else None})
+    if not rows:
+        raise ValueError('neither pytorch.json nor any <precision>_b<batch>/benchmark.json')
     return rows
 
 
@@ -265,15 +272,13 @@ def main():
     args = parser.parse_args()
     if args.summary:
         try:
-            rows = comparison_rows(args.summary)
-            with open(os.path.join(args.summary, 'pytorch.json')) as f:
-                tf32 = json.load(f)['tf32']
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            rows = comparison_rows(args.summary, args.batches)
+        except (ValueError, KeyError, TypeError) as e:
             sys.exit('compare_pytorch: no comparison in {} ({}: {})'.format(
                 args.summary, type(e).__name__, e))
-        print(format_comparison(rows, tf32))
+        print(format_comparison(rows, args.tf32))
         with open(os.path.join(args.summary, 'compare.json'), 'w') as f:
-            json.dump({'tf32': tf32, 'rows': rows}, f, indent=1)
+            json.dump({'tf32': bool(args.tf32), 'rows': rows}, f, indent=1)
         return 0
     if args.gpu:
         os.makedirs(args.out, exist_ok=True)

@@ -148,35 +148,56 @@ def product_result(images_per_sec, parts):
             'parts_s': dict(parts, step=sum(parts.values()), wait=0.0, allreduce=0.0)}
 
 
-def test_comparison_summary(tmp_path):
+def write_runs(folder, torch_rows, product_rows):
     parts = {'data': 0.001, 'forward': 0.01, 'backward': 0.02, 'update': 0.004}
-    runs = [{'precision': p, 'batch': b, 'images_per_sec': 1000.0 * b / 32,
-             'images_per_sec_unsynced': 1100.0 * b / 32, 'parts_s': parts}
-            for p in ('float32', 'mixed16') for b in (32, 256)]
-    (tmp_path / 'pytorch.json').write_text(json.dumps({'tf32': True, 'runs': runs}))
-    for name, rate in (('float32_b32', 500.0), ('mixed16_b256', 12000.0)):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / 'benchmark.json').write_text(json.dumps(product_result(rate, parts)))
+    if torch_rows:
+        runs = [{'precision': p, 'batch': b, 'images_per_sec': rate,
+                 'images_per_sec_unsynced': rate * 1.1, 'parts_s': parts}
+                for (p, b), rate in torch_rows.items()]
+        (folder / 'pytorch.json').write_text(json.dumps({'tf32': True, 'runs': runs}))
+    for (p, b), rate in product_rows.items():
+        (folder / '{}_b{}'.format(p, b)).mkdir()
+        (folder / '{}_b{}'.format(p, b) / 'benchmark.json').write_text(
+            json.dumps(product_result(rate, parts)))
+
+
+def summary(folder, *args):
+    return subprocess.run([sys.executable, os.path.join(REPO, 'scripts', 'compare_pytorch.py'),
+                           '--summary', str(folder), *args], capture_output=True, text=True)
+
+
+def test_comparison_summary(tmp_path):
+    write_runs(tmp_path, {('float32', 32): 1000.0, ('float32', 256): 8000.0,
+                          ('mixed16', 32): 1500.0, ('mixed16', 256): 8000.0},
+               {('float32', 32): 500.0, ('mixed16', 256): 12000.0})
     rows = compare_pytorch.comparison_rows(str(tmp_path))
     assert [(r['precision'], r['batch']) for r in rows] == [
         ('float32', 32), ('float32', 256), ('mixed16', 32), ('mixed16', 256)]
     assert rows[0]['ratio'] == pytest.approx(0.5) and rows[3]['ratio'] == pytest.approx(1.5)
     assert rows[1]['product'] is None and rows[1]['ratio'] is None
 
-    done = subprocess.run([sys.executable, os.path.join(REPO, 'scripts', 'compare_pytorch.py'),
-                           '--summary', str(tmp_path)], capture_output=True, text=True)
+    done = summary(tmp_path, '--tf32', '0')
     assert done.returncode == 0, done.stderr
-    assert 'TF32 on on both sides' in done.stdout
+    assert 'TF32 off on both sides' in done.stdout
     assert re.search(r'^float32 +32 +500\.0 +1000\.0 +0\.50 ', done.stdout, re.M)
     assert re.search(r'^float32 +256 +n/a +8000\.0 +n/a ', done.stdout, re.M)
     assert 'mixed16 b256: product data 1.0 forward 10.0 backward 20.0 update 4.0' in done.stdout
     saved = json.loads((tmp_path / 'compare.json').read_text())
-    assert saved['tf32'] is True and saved['rows'][3]['ratio'] == pytest.approx(1.5)
+    assert saved['tf32'] is False and saved['rows'][3]['ratio'] == pytest.approx(1.5)
 
 
-def test_comparison_summary_without_pytorch_says_so(tmp_path):
-    done = subprocess.run([sys.executable, os.path.join(REPO, 'scripts', 'compare_pytorch.py'),
-                           '--summary', str(tmp_path)], capture_output=True, text=True)
+def test_comparison_summary_keeps_the_product_when_pytorch_failed(tmp_path):
+    write_runs(tmp_path, {}, {('float32', 64): 700.0})
+    done = summary(tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert 'TF32 on on both sides' in done.stdout
+    assert re.search(r'^float32 +64 +700\.0 +n/a +n/a ', done.stdout, re.M)
+    assert 'float32 b64: product data 1.0 forward 10.0 backward 20.0 update 4.0 | pytorch n/a' \
+        in done.stdout
+
+
+def test_comparison_summary_without_any_run_says_so(tmp_path):
+    done = summary(tmp_path)
     assert done.returncode == 1
     assert done.stderr.startswith('compare_pytorch: no comparison in {}'.format(tmp_path))
     assert done.stderr.count('\n') == 1
