@@ -11,6 +11,7 @@ scalar at the head of backward, so the gradients arrive already divided and thei
 ranks is the mean. ChainerMN's multi-node optimizer drives it as it drives any
 communicator.
 """
+import functools
 import weakref
 
 import chainermn
@@ -135,9 +136,7 @@ def divide_in_place(array, n):
                              'distributed_divide_in_place')(numpy.float32(1.0 / n), array)
 
 
-_MEAN_FIRST_NCCL = []
-
-
+@functools.lru_cache(maxsize=None)
 def mean_first_nccl_class():
     """``MeanFirstNccl``, ChainerMN's ``PureNcclCommunicator`` with two changes (defined on
     first use: ChainerMN's GPU communicators import CuPy's NCCL bindings):
@@ -150,8 +149,6 @@ def mean_first_nccl_class():
       where a rank's own gradient already did (which the loss scaling then skips).
     - ``bcast_data`` broadcasts the parameters in their own dtypes (``bcast_groups``).
     """
-    if _MEAN_FIRST_NCCL:
-        return _MEAN_FIRST_NCCL[0]
     import chainer
     from chainermn import nccl
     from chainermn.communicators import _communication_utility, _memory_utility
@@ -160,13 +157,17 @@ def mean_first_nccl_class():
     class MeanFirstNccl(PureNcclCommunicator):
         __doc__ = mean_first_nccl_class.__doc__
 
+        def __init__(self, mpi_comm):
+            super().__init__(mpi_comm)
+            self.bcast_buffers = {}
+            """``{dtype: DeviceMemory}``: ``bcast_data``'s buffer for each dtype."""
+
         def bcast_data(self, model):
             self._init_comms()
             stream = chainer.cuda.Stream.null
-            buffers = self.__dict__.setdefault('_bcast_buffers', {})
             for dtype, params in bcast_groups(model):
                 n_elems = sum(param.array.size for param in params)
-                buffer = buffers.setdefault(dtype, _memory_utility.DeviceMemory())
+                buffer = self.bcast_buffers.setdefault(dtype, _memory_utility.DeviceMemory())
                 buffer.assign(n_elems * dtype.itemsize)
                 _memory_utility.pack_params(params, 'data', buffer, dtype, False, stream)
                 self.nccl_comm.bcast(buffer.ptr(), n_elems,
@@ -185,7 +186,6 @@ def mean_first_nccl_class():
                                      _communication_utility._get_nccl_type_id(dtype),
                                      nccl.NCCL_SUM, stream.ptr)
 
-    _MEAN_FIRST_NCCL.append(MeanFirstNccl)
     return MeanFirstNccl
 
 

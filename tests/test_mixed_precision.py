@@ -228,7 +228,7 @@ def test_a_mixed16_job_stopped_and_resumed_continues_exactly(tiny_sop, tmp_path)
     """2 ranks, mixed16, the real launcher: a run of 2 epochs against one stopped at the
     end of epoch 1 and resumed. Before the optimizer kept its float32 master weights and
     loss scale, epoch 2's loss was 3.0e-3 (relative) off."""
-    mixed = ['train.dtype=mixed16', 'optimizer.lr=0.05']
+    mixed = ['train.dtype=mixed16']
     code, output = finish(train(tiny_sop, tmp_path / 'straight', 'train.epochs=2', *mixed))
     assert code == 0, output
     code, output = finish(train(tiny_sop, tmp_path / 'resumed', 'train.epochs=1', *mixed))
