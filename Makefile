@@ -50,16 +50,20 @@ cuda-check: $(CUDA_STAMP)
 $(CUDA_STAMP): requirements.txt requirements-mpi.txt requirements-cuda.txt \
 		scripts/build_wheels.py scripts/setup.sh setup.cfg
 	@scripts/setup.sh "$(CUDA_PYTHON)" "$(CUDA_VENV)" pypi
+	grep -v '^nvidia-cudnn-frontend' requirements-cuda.txt > $(CUDA_VENV)/requirements.txt
 	$(CUDA_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
-		-r requirements-cuda.txt
+		-r $(CUDA_VENV)/requirements.txt
+	$(CUDA_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+		$$(grep '^nvidia-cudnn-frontend' requirements-cuda.txt)
 	@touch $@
 
 # .whl/ for scripts/gpu_check.sh on a GPU machine without internet (Python 3.12, x86_64):
 # chainer and chainercv as pure-Python wheels, and the binary wheels that machine's image
-# lacks (simplejpeg, MPICH's runtime, mpi4py), ~16 MiB; refused over the 64 MiB that travel.
+# lacks (simplejpeg, MPICH's runtime, mpi4py, the cuDNN frontend), ~27 MiB; refused over the 64 MiB that travel.
 gpu-wheels: setup
 	$(BIN)/python scripts/build_wheels.py --gpu-set --requirements requirements.txt \
-		--mpi-requirements requirements-mpi.txt --dest .whl
+		--mpi-requirements requirements-mpi.txt --cuda-requirements requirements-cuda.txt \
+		--dest .whl
 
 # The GPU check's dry run on this machine (a Python 3.12, PyPI): what CI runs.
 gpu-check-dry-run: gpu-wheels

@@ -19,7 +19,8 @@ from the folder and refuses a set heavier than ``GPU_SET_LIMIT`` (what travels w
 working tree to such a machine): scripts/gpu_check.sh installs exactly this set there.
 
 Usage: python scripts/build_wheels.py [--requirements requirements.txt] [--dest .whl]
-                                      [--gpu-set [--mpi-requirements requirements-mpi.txt]]
+                                      [--gpu-set [--mpi-requirements requirements-mpi.txt]
+                                                 [--cuda-requirements requirements-cuda.txt]]
 """
 import argparse
 import glob
@@ -32,10 +33,12 @@ import tempfile
 
 BUILT_FROM_SDIST = ('chainer', 'chainercv')
 WITHOUT_EXTENSIONS = ('chainercv',)
-GPU_IMAGE_LACKS = ('simplejpeg', 'mpich', 'mpi4py')
+GPU_IMAGE_LACKS = ('simplejpeg', 'mpich', 'mpi4py', 'nvidia-cudnn-frontend')
 """What the GPU machines' image (its package list: /work/.library/device/KINDS.md, 2026-11-17)
-lacks besides chainer and chainercv: the JPEG decoder, and an MPI runtime (MPICH's wheel:
-libmpi and mpiexec) with an mpi4py known to load it (the image's mpi4py finds no libmpi)."""
+lacks besides chainer and chainercv: the JPEG decoder, an MPI runtime (MPICH's wheel: libmpi
+and mpiexec) with an mpi4py known to load it (the image's mpi4py finds no libmpi), and NVIDIA's
+cuDNN frontend for ``train.conv_bn=cudnn`` (distributed/cudnn.py; fetched without its optional
+dependencies, the CUTLASS DSL's ~200 MB, which ``import cudnn`` does not need)."""
 GPU_PYTHON = '3.12'
 GPU_PLATFORMS = ('manylinux_2_28_x86_64', 'manylinux_2_17_x86_64', 'manylinux2014_x86_64',
                  'manylinux_2_5_x86_64', 'manylinux1_x86_64')
@@ -82,7 +85,7 @@ def wheel_name(filename):
 def wheel_set(dest):
     """``[(path, bytes)]`` of the GPU set's wheels in ``dest``; raises SystemExit naming
     what is missing or twice there (two versions of one package stop pip's install)."""
-    wanted = [wheel_name(n) for n in BUILT_FROM_SDIST + GPU_IMAGE_LACKS]
+    wanted = [re.sub(r'[-_.]+', '_', n).lower() for n in BUILT_FROM_SDIST + GPU_IMAGE_LACKS]
     found = {}
     for path in sorted(glob.glob(os.path.join(dest, '*.whl'))):
         found.setdefault(wheel_name(path), []).append(path)
@@ -157,6 +160,7 @@ def main():
     parser.add_argument('--gpu-set', action='store_true',
                         help='also the binary wheels the GPU machines lack, for Python 3.12')
     parser.add_argument('--mpi-requirements', default='requirements-mpi.txt')
+    parser.add_argument('--cuda-requirements', default='requirements-cuda.txt')
     parser.add_argument('--check', action='store_true',
                         help='only check the GPU set in --dest (no network): one version of '
                         'each wheel, within the size limit')
@@ -179,7 +183,8 @@ def main():
         else:
             pip('wheel', '--no-deps', '--no-build-isolation', '--wheel-dir', args.dest, spec)
     if args.gpu_set:
-        specs = requirement_specs([args.requirements, args.mpi_requirements], GPU_IMAGE_LACKS)
+        specs = requirement_specs([args.requirements, args.mpi_requirements,
+                                   args.cuda_requirements], GPU_IMAGE_LACKS)
         fetch_gpu_binaries([specs[name] for name in GPU_IMAGE_LACKS], args.dest)
         report(wheel_set(args.dest))
 

@@ -167,7 +167,9 @@ install() {
   echo "$checked" | sed 's/^/gpu_check: /'
   rm -rf "$WORK/site" "$WORK/mpi"
   local wheels=() name
-  for name in chainer chainercv simplejpeg mpi4py; do wheels+=("$WHEELS"/"$name"-*.whl); done
+  for name in chainer chainercv simplejpeg mpi4py nvidia_cudnn_frontend; do
+    wheels+=("$WHEELS"/"$name"-*.whl)
+  done
   # Compiled at install: each later import then neither recompiles nor repeats chainercv's
   # SyntaxWarnings.
   local pip=("$PYTHON" -m pip --quiet --disable-pip-version-check install --no-index --no-deps)
@@ -194,7 +196,7 @@ import sys
 work, skip = sys.argv[1], set(sys.argv[2:])
 # distributed first: it applies the compat shims that chainer needs before its import.
 modules = ['distributed', 'numpy', 'cupy', 'yaml', 'PIL', 'cv2', 'matplotlib', 'pytest',
-           'filelock', 'google.protobuf', 'six', 'simplejpeg', 'mpi4py.MPI', 'chainer',
+           'filelock', 'google.protobuf', 'six', 'simplejpeg', 'mpi4py.MPI', 'cudnn', 'chainer',
            'chainermn', 'chainercv', 'distributed.trainer', 'distributed.bench', 'launch.train',
            'launch.benchmark', 'torch']
 places = [(os.path.join(work, 'site'), 'carried (the wheel set)'),

@@ -105,12 +105,15 @@ def wheels(folder, *names, size=1):
 GPU_SET = ('chainer-7.8.1-py3-none-any.whl', 'chainercv-0.13.1-py3-none-any.whl',
            'simplejpeg-1.9.0-cp312-cp312-manylinux_2_17_x86_64.whl',
            'mpich-5.0.2-py3-none-manylinux_2_28_x86_64.whl',
-           'mpi4py-4.1.2-cp312-cp312-manylinux1_x86_64.whl')
+           'mpi4py-4.1.2-cp312-cp312-manylinux1_x86_64.whl',
+           'nvidia_cudnn_frontend-1.32.0-cp312-cp312-manylinux_2_28_x86_64.whl')
 
 
 def test_wheel_set_names_what_is_missing_or_twice(tmp_path):
     with pytest.raises(SystemExit, match='lacks the wheels of mpich: run make gpu-wheels'):
-        build_wheels.wheel_set(wheels(tmp_path / 'a', *GPU_SET[:3], GPU_SET[4]))
+        build_wheels.wheel_set(wheels(tmp_path / 'a', *GPU_SET[:3], *GPU_SET[4:]))
+    with pytest.raises(SystemExit, match='lacks the wheels of nvidia_cudnn_frontend'):
+        build_wheels.wheel_set(wheels(tmp_path / 'd', *GPU_SET[:5]))
     with pytest.raises(SystemExit, match='holds mpi4py-4.0.0-.*whl and mpi4py-4.1.2-.*whl'):
         build_wheels.wheel_set(wheels(tmp_path / 'b', *GPU_SET,
                                       'mpi4py-4.0.0-cp312-cp312-manylinux1_x86_64.whl'))
@@ -120,9 +123,9 @@ def test_wheel_set_names_what_is_missing_or_twice(tmp_path):
 
 def test_wheel_set_over_the_limit_is_refused(tmp_path):
     files = build_wheels.wheel_set(wheels(tmp_path, *GPU_SET, size=1000))
-    assert build_wheels.check_size(files, limit=5000) == 5000
+    assert build_wheels.check_size(files, limit=6000) == 6000
     with pytest.raises(SystemExit, match=r'weighs 0\.0 MiB, over the 0 MiB .*mpich-5\.0\.2'):
-        build_wheels.check_size(files, limit=4999)
+        build_wheels.check_size(files, limit=5999)
     assert build_wheels.GPU_SET_LIMIT == 64 * 2 ** 20
 
 
@@ -135,9 +138,11 @@ def test_wheel_set_check_on_the_command_line(tmp_path):
 
 def test_requirement_specs_come_from_the_requirement_files(tmp_path):
     specs = build_wheels.requirement_specs(
-        [os.path.join(REPO, 'requirements.txt'), os.path.join(REPO, 'requirements-mpi.txt')],
+        [os.path.join(REPO, name) for name in ('requirements.txt', 'requirements-mpi.txt',
+                                               'requirements-cuda.txt')],
         build_wheels.GPU_IMAGE_LACKS)
     assert specs['simplejpeg'].startswith('simplejpeg==')
+    assert specs['nvidia-cudnn-frontend'].startswith('nvidia-cudnn-frontend==')
     assert specs['mpi4py'].startswith('mpi4py>=4') and specs['mpich'].startswith('mpich')
     with pytest.raises(SystemExit, match='no requirement line for mpich'):
         build_wheels.requirement_specs([os.path.join(REPO, 'requirements.txt')], ('mpich',))
