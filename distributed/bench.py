@@ -17,7 +17,6 @@ import dataclasses
 import math
 import os
 import platform
-import random
 import shutil
 import tempfile
 import time
@@ -310,18 +309,16 @@ def pipeline_diff_grey(paths, crop, seed):
     over random-sized crop boxes drawn as training draws them (one per file)."""
     from PIL import Image
     from distributed.data import fastimage, images
-    state = random.getstate()
-    random.seed(seed)
+    rng = numpy.random.default_rng(seed)
     diffs = []
     for path in paths:
         picture = images.open_image(path)
-        box = fastimage.train_box(picture.height, picture.width)
+        box = fastimage.train_box(picture.height, picture.width, rng)
         product = picture.region(box, (crop, crop)).astype(numpy.float32)
         with Image.open(path) as image:
             reference = numpy.asarray(image.convert('RGB').resize(
                 (crop, crop), Image.BILINEAR, box=box), numpy.float32)
         diffs.append(float(numpy.abs(product - reference).mean()))
-    random.setstate(state)
     return float(numpy.mean(diffs))
 
 

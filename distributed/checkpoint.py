@@ -8,10 +8,13 @@ momentum and, under mixed16, its float32 master weights and loss scale, which ch
 serializers drop (``optim.MomentumSGD``); updater iteration; extension states such as
 LogReport's log and the triggers) plus:
 
-- ``ranks/<r>/...``: what differs between ranks, as arrays: the training iterator's
-  position and order, the shuffling and augmentation random states, the BatchNorm
-  statistics and the sums of the numbers to log since the last log line. Ranks send that
-  to rank 0 with one gather; on resume rank 0 reads the file and broadcasts it, so ranks
+- nothing per rank: the training iterator's state is the run's global position (global
+  batches done, the same on every rank: ``stream.ChunkIterator``), augmentations draw from
+  the seed, the epoch and the position, and what did differ between ranks is made equal
+  by a collective step just before the write (``collect``): the BatchNorm running
+  statistics are averaged over the ranks, the sums of the numbers to log since the last
+  log line are added up. So a checkpoint resumes on any rank count that divides the
+  run's ``train.chunks``. On resume rank 0 reads the file and broadcasts it, so ranks
   need no shared filesystem.
 - ``meta/record``: what the checkpoint means, as JSON text: the resolved config, the rank
   count and a fingerprint of the train split (``describe_run``). A resume compares it with
@@ -45,34 +48,36 @@ from distributed.runtime import naming
 FILENAME = 'snapshot_iter_{.updater.iteration}.npz'
 PATTERN = re.compile(r'^snapshot_iter_(\d+)\.npz$')
 FORMAT = 3
-"""The checkpoint layout (1: rank states pickled, before ``meta/record``; 2: no float32
+"""The checkpoint layout (1: rank states pickled, before ``meta/record``; 2: per-rank
+iterator, random and BatchNorm states, resumable on the same rank count only, and no float32
 master weights or loss scale under mixed16)."""
 REFUSED = {
     'model.arch': 'the network: the weights and the momentum are its layers',
-    'train.batch_size': 'the iterator positions, the iterations per epoch and with them '
+    'train.batch_size': 'the stream position, the iterations per epoch and with them '
                         'the lr schedule are counted in batches of it',
-    'train.seed': 'it decides which images each rank\'s shard holds, which the saved '
-                  'iterator orders index',
+    'train.chunks': 'the global batch, the lr scaling and the BatchNorm groups are made '
+                    'of that many chunks',
+    'train.seed': 'it decides the order of the images and their augmentations',
     'train.dtype': 'float32 and mixed16 keep different optimizer state (float32 master '
                    'weights, a loss scale)',
 }
 """Config keys whose change alters what a checkpoint means, and why; a resume with another
-value is refused. The rank count and the train split's content are refused too; any other
-key may change on resume (more epochs, another lr or schedule, intervals, data.root moved
-with the same content, loader, communicator, device, ...) and is printed."""
+value is refused. A rank count that does not divide ``train.chunks`` and the train split's
+content are refused too; any other key may change on resume (more epochs, another lr or
+schedule, intervals, data.root moved with the same content, loader, communicator, device,
+the rank count, ...) and is printed."""
 
 
 class CheckpointError(ValueError):
     """A checkpoint asked for cannot be used; the message names it and what to do."""
 
 
-def seed_random_state(seed, rank):
-    """Seed python's and numpy's global generators for this rank.
-
-    chainercv's random transforms draw from these global generators, so they are part of the
-    state a checkpoint saves."""
-    random.seed(seed + rank)
-    numpy.random.seed(seed + rank)
+def seed_random_state(seed):
+    """Seed Python's and NumPy's global generators: the initial weights draw from them
+    (rank 0's are broadcast). Augmentations draw from keys of their own
+    (``transforms.draws``), so no generator state is part of a checkpoint."""
+    random.seed(seed)
+    numpy.random.seed(seed)
 
 
 def _checkpoints(out):
@@ -94,101 +99,61 @@ def find_latest(out):
     return os.path.join(out, found[-1][1]) if found else None
 
 
-def _training_iterator(trainer):
-    return trainer.updater.get_iterator('main')
+def collect(trainer, comm):
+    """Make what differs between ranks equal on every rank before a checkpoint;
+    collective. The BatchNorm running statistics become their mean over the ranks (what
+    evaluation and ``model.npz`` use; by linearity of their updates the mean of a later
+    step is the same as without this), and the extensions that keep a rank's share of a
+    sum (``COLLECTED_EXTENSIONS``) combine it, so that rank 0's state is the run's."""
+    mean_batchnorm_statistics(trainer.updater.get_optimizer('main').target, comm)
+    for name in COLLECTED_EXTENSIONS:
+        try:
+            extension = trainer.get_extension(name)
+        except ValueError:
+            continue
+        extension.combine()
 
 
-def _model(trainer):
-    return trainer.updater.get_optimizer('main').target
+COLLECTED_EXTENSIONS = ('mean_across_ranks',)
+"""Extensions with a ``combine()`` (collective) that makes their state the same on every
+rank (``trainer.MeanAcrossRanks``)."""
 
 
-def rank_state(trainer):
-    """What this rank alone knows, as ``{name: array, number or None}``: the training
-    iterator (chainer's serialization of it), the random states (python's and numpy's
-    global generators, the shuffling generator) and the BatchNorm statistics."""
-    iterator = _training_iterator(trainer)
-    state = {'iterator/' + key: value for key, value in npz.serialize(iterator).items()}
-    sampler_rng = getattr(getattr(iterator, 'order_sampler', None), '_random', None)
-    if sampler_rng is not None:
-        state.update(_numpy_rng_state('order_rng', sampler_rng))
-    state.update(_numpy_rng_state('numpy_rng', numpy.random))
-    version, internal, gauss_next = random.getstate()
-    state.update({'python_rng/version': version,
-                  'python_rng/internal': numpy.array(internal, numpy.int64),
-                  'python_rng/gauss_next': gauss_next})
-    for name in PER_RANK_EXTENSIONS:
-        extension = _extension(trainer, name)
-        if extension is not None:
-            state.update({'extensions/{}/{}'.format(name, key): value
-                          for key, value in npz.serialize(extension).items()})
-    model = _model(trainer)
-    # Persistent values only (BatchNorm statistics differ per rank); weights are shared.
-    for path, link in model.namedlinks():
-        for name in link._persistent:
-            if getattr(link, name) is not None:
-                key = '/'.join(filter(None, ('persistent', path.strip('/'), name)))
-                state[key] = numpy.asarray(
-                    chainer.backend.CpuDevice().send(getattr(link, name)))
-    return state
+def mean_batchnorm_statistics(model, comm):
+    """Replace every BatchNorm running statistic (``avg_mean``, ``avg_var``) of ``model`` by
+    its mean over the ranks of ``comm``, with one float64 allreduce through the host;
+    collective.
 
-
-def _numpy_rng_state(prefix, rng):
-    # A legacy ``RandomState`` state: ('MT19937', 624 uint32 keys, pos, has_gauss, cached).
-    _, keys, pos, has_gauss, cached = rng.get_state()
-    return {prefix + '/keys': keys, prefix + '/pos': pos, prefix + '/has_gauss': has_gauss,
-            prefix + '/cached_gaussian': cached}
-
-
-def _numpy_rng(state, prefix):
-    return ('MT19937', state[prefix + '/keys'], int(state[prefix + '/pos']),
-            int(state[prefix + '/has_gauss']), float(state[prefix + '/cached_gaussian']))
-
-
-def restore_rank_state(trainer, state):
-    """Put back what ``rank_state`` saved; ``state`` holds its keys with their arrays."""
-    iterator = _training_iterator(trainer)
-    iterator.serialize(npz.NpzDeserializer(state, path='iterator/'))
-    sampler_rng = getattr(getattr(iterator, 'order_sampler', None), '_random', None)
-    if sampler_rng is not None:
-        sampler_rng.set_state(_numpy_rng(state, 'order_rng'))
-    numpy.random.set_state(_numpy_rng(state, 'numpy_rng'))
-    random.setstate((int(state['python_rng/version']),
-                     tuple(int(n) for n in state['python_rng/internal']),
-                     state['python_rng/gauss_next'].item()))
-    for name in PER_RANK_EXTENSIONS:
-        extension = _extension(trainer, name)
-        if extension is not None:
-            extension.serialize(npz.NpzDeserializer(state, path='extensions/{}/'.format(name)))
-    _model(trainer).serialize(npz.NpzDeserializer(state, path='persistent/', strict=False))
-
-
-PER_RANK_EXTENSIONS = ('mean_across_ranks',)
-"""Extensions whose state differs between ranks (``trainer.MeanAcrossRanks``: each
-rank's sums since the last log line), kept for every rank; the trainer's own snapshot
-holds rank 0's only."""
-
-
-def _extension(trainer, name):
-    try:
-        return trainer.get_extension(name)
-    except ValueError:
-        return None
+    ChainerMN's ``extensions.AllreducePersistent`` does the same with one MPI allreduce per
+    array, each on the array where it lives: on a GPU that hands MPI a device pointer,
+    which only a CUDA-aware MPI can read (README: `flat` needs one too).
+    """
+    from mpi4py import MPI
+    arrays = [getattr(link, name) for link in model.links()
+              if isinstance(link, chainer.links.BatchNormalization)
+              for name in ('avg_mean', 'avg_var')]
+    if comm.size == 1 or not arrays:
+        return
+    cpu = chainer.backend.CpuDevice()
+    total = numpy.concatenate([cpu.send(a).ravel().astype(numpy.float64) for a in arrays])
+    comm.mpi_comm.Allreduce(MPI.IN_PLACE, total)
+    total /= comm.size
+    start = 0
+    for array in arrays:
+        mean = total[start:start + array.size].reshape(array.shape).astype(array.dtype)
+        array[...] = chainer.backend.get_device_from_array(array).send(mean)
+        start += array.size
 
 
 class _JobState:
-    """The trainer, every rank's own state and the run's record, as one serializable
-    target."""
+    """The trainer and the run's record, as one serializable target."""
 
     def __init__(self, trainer, record):
         self.trainer = trainer
         self.record = record
-        self.ranks = []
 
     def serialize(self, serializer):
         self.trainer.serialize(serializer)
-        for r, state in enumerate(self.ranks):
-            for key, value in state.items():
-                serializer['ranks'][str(r)](key, value)
         serializer['meta']('record', _text(json.dumps(self.record)))
 
 
@@ -253,13 +218,20 @@ def read_checkpoint(data, path):
     try:
         record = json.loads(_untext(arrays.pop('meta/record')))
         nones = json.loads(_untext(arrays.pop('meta/none')))
+        earlier = isinstance(record, dict) and record.get('format') == 2
         well_formed = (isinstance(record, dict) and record.get('format') == FORMAT
                        and isinstance(record.get('config'), dict)
                        and isinstance(record.get('ranks'), int)
                        and isinstance(record.get('data'), dict)
                        and all(isinstance(key, str) for key in nones))
     except (KeyError, ValueError, TypeError):
-        well_formed = False
+        earlier = well_formed = False
+    if earlier:
+        raise CheckpointError(
+            'checkpoint {} was written by an earlier version of launch.train (format 2: '
+            'per-rank iterator and random states, one rank count only), which this one '
+            'does not read; start afresh (in another out folder, or move it away), or '
+            'finish that run with the version that wrote it'.format(path))
     if not well_formed:
         raise CheckpointError('{} holds no record of the run that wrote it: it is not a '
                               'checkpoint written by launch.train; give another with '
@@ -374,11 +346,9 @@ class Checkpointer(chainer.training.Extension):
     def save(self, trainer):
         if self._saved_at == trainer.updater.iteration:
             return
-        states = self.comm.gather_obj(rank_state(trainer))
+        collect(trainer, self.comm)
         if self.is_root:
-            self._state.ranks = states
             self._snapshot(trainer)
-            self._state.ranks = []
             self.last_path = os.path.join(trainer.out, FILENAME.format(trainer))
         self._saved_at = trainer.updater.iteration
 
@@ -450,9 +420,6 @@ def load(trainer, comm, is_root, resume, out):
         if arrays is None:  # rank 0 read it already; the others read the same bytes
             arrays, _ = read_checkpoint(data, path)
         trainer.serialize(npz.NpzDeserializer(arrays))
-        restore_rank_state(trainer, {key[len(_rank_prefix(comm.rank)):]: value
-                                     for key, value in arrays.items()
-                                     if key.startswith(_rank_prefix(comm.rank))})
     except (KeyError, ValueError, TypeError, weights.WeightsError) as e:
         problem = ('checkpoint {} does not fit this job ({}: {}); give another with '
                    'resume=PATH, or start afresh in another out folder'.format(
@@ -465,10 +432,6 @@ def load(trainer, comm, is_root, resume, out):
     iteration = trainer.updater.iteration
     return (path, iteration), notes + [
         'resumed from {} at iteration {}'.format(path, iteration)] + changed
-
-
-def _rank_prefix(rank):
-    return 'ranks/{}/'.format(rank)
 
 
 def choose(resume, out, record, ranks):
@@ -524,12 +487,11 @@ def fit(path, saved, record, ranks):
     """The ``changed on resume: key old -> new`` lines for resuming the checkpoint ``path``,
     whose record is ``saved``, in a run of ``ranks`` ranks whose record is ``record``.
     Raises ``CheckpointError`` (one line) for a change that alters what the checkpoint
-    means: the rank count, the train split's content, a key of ``REFUSED``."""
-    if saved['ranks'] != ranks:
-        # Shards, iterator positions and the scaled lr all depend on the count.
-        raise CheckpointError('checkpoint {} was written by a job of {} rank(s), this one has '
-                              '{}; resume it with {} ranks, or start afresh in another out '
-                              'folder'.format(path, saved['ranks'], ranks, saved['ranks']))
+    means: a rank count that does not divide its ``train.chunks``, the train split's
+    content, a key of ``REFUSED``."""
+    refusal = rank_count_refusal(_flat(saved['config']).get('train.chunks'), ranks)
+    if refusal:
+        raise CheckpointError('checkpoint {}: {}'.format(path, refusal))
     old, new = _flat(saved['config']), _flat(record['config'])
     refused = ['{} {} -> {} ({})'.format(key, _show(old.get(key)), _show(new.get(key)), why)
                for key, why in REFUSED.items() if old.get(key) != new.get(key)]
@@ -548,6 +510,53 @@ def fit(path, saved, record, ranks):
 
 
 _MISSING = object()
+
+
+def rank_count_refusal(chunks, ranks):
+    """Why a run of ``chunks`` chunks per global batch cannot go on ``ranks`` ranks (one
+    line naming the counts that can), or None. A rank takes ``chunks / ranks`` whole
+    chunks; more ranks than chunks would split chunks into other BatchNorm groups."""
+    if chunks and chunks % ranks == 0:
+        return None
+    works = [n for n in range(1, (chunks or 0) + 1) if chunks % n == 0]
+    return ('the run has {} chunks per global batch (train.chunks), which {} rank(s) '
+            'cannot share; run it on {} ranks, or start afresh in another out '
+            'folder'.format(chunks, ranks, ', '.join(map(str, works)) or 'as many'))
+
+
+def run_chunks(config, comm, is_root):
+    """The run's chunks per global batch, set as ``config.train.chunks`` and returned;
+    collective. A value set in the config stays; 0 means the chunks of the checkpoint
+    ``config.resume`` names (read from its record alone) or, at a fresh start, the rank
+    count. Raises ``CheckpointError`` when the rank count does not divide it."""
+    chunks = error = None
+    if is_root:
+        chunks = config.train.chunks or _saved_chunks(config.resume, config.out) or comm.size
+        error = rank_count_refusal(chunks, comm.size)
+    chunks, error = comm.mpi_comm.bcast((chunks, error), root=0)
+    if error:
+        raise CheckpointError(error)
+    config.train.chunks = chunks
+    return chunks
+
+
+def _saved_chunks(resume, out):
+    """``train.chunks`` in the record of the checkpoint that ``resume`` would choose (the
+    newest with a readable record, for a folder), or None; only the record is read.
+    ``choose`` reads and checks the whole file later."""
+    if not resume:
+        return None
+    folder = out if resume == 'auto' else os.path.abspath(os.path.expanduser(resume))
+    paths = ([os.path.join(folder, name) for _, name in reversed(_checkpoints(folder))]
+             if os.path.isdir(folder) else [folder])
+    for path in paths:
+        try:
+            with zipfile.ZipFile(path) as archive, archive.open('meta/record.npy') as f:
+                record = json.loads(_untext(numpy.load(f, allow_pickle=False)))
+            return int(record['config']['train']['chunks'])
+        except (OSError, zipfile.BadZipFile, KeyError, ValueError, TypeError):
+            continue
+    return None
 
 
 def _show_data(fingerprint):

@@ -133,7 +133,12 @@ class OptimizerConfig:
 @dataclasses.dataclass
 class TrainConfig:
     batch_size: int = 32
-    """Images per rank per iteration (the global batch is this x ranks)."""
+    """Images per chunk: a rank's batch in a run of train.chunks ranks, which BatchNorm
+    normalises on its own (the global batch is this x train.chunks)."""
+    chunks: int = 0
+    """Chunks per global batch: the number of workers of the recipe (lr scaling, warm-up),
+    fixed for the run; 0: the rank count at the start (a resume keeps the checkpoint's).
+    A run on fewer ranks, dividing it, accumulates chunks per rank."""
     epochs: float = 90.0
     """Training length in epochs of the training split."""
     eval_batch_size: int = 0
@@ -214,8 +219,8 @@ POSITIVE = ('data.crop_size', 'data.scale_size', 'data.workers', 'train.batch_si
             'train.epochs', 'train.eval_interval', 'checkpoint.keep')
 NON_NEGATIVE = ('optimizer.lr', 'optimizer.momentum', 'optimizer.weight_decay',
                 'optimizer.warmup_epochs', 'optimizer.decay_factor', 'train.eval_batch_size',
-                'train.log_interval', 'train.stall_timeout', 'train.startup_timeout',
-                'checkpoint.interval')
+                'train.log_interval', 'train.chunks', 'train.stall_timeout',
+                'train.startup_timeout', 'checkpoint.interval')
 # Each rank seeds NumPy's RandomState with seed + rank, which must stay below 2**32: this
 # leaves room for 2**31 ranks.
 MAX_SEED = 2 ** 31 - 1

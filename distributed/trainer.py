@@ -16,6 +16,7 @@ from distributed.data import unreadable_report
 from distributed.optim import schedule_extension
 from distributed.model import mean_of
 from distributed.runtime import InputConverter, naming
+from distributed.updater import ChunkUpdater
 
 TRAIN_KEYS = ('main/loss', 'main/accuracy')
 
@@ -30,9 +31,8 @@ def create_trainer(config, runtime, model, optimizer, train_iter, test_iter, sch
     same iteration with a checkpoint written.
     """
     converter = InputConverter(mean_of(model))
-    updater = chainer.training.StandardUpdater(
-        train_iter, optimizer, device=runtime.device, converter=converter,
-        loss_func=loss_function(runtime.comm, model))
+    updater = ChunkUpdater(train_iter, optimizer, converter, runtime.device,
+                           loss_function(runtime.comm, model))
     trainer = chainer.training.Trainer(updater, (config.train.epochs, 'epoch'), out=config.out)
 
     trainer.extend(progress_extension(runtime.watchdog))
@@ -134,9 +134,14 @@ class MeanAcrossRanks(chainer.training.Extension):
 
     A reader extension with the same trigger (LogReport) thus sees only global numbers.
     Every iteration's values are summed where they are (on the GPU: no copy to the host, so
-    no wait for the device), and one small allreduce per trigger averages them. The ranks'
-    batches have equal sizes, so the mean of their means is the mean over all images.
-    (chainermn's ObservationAggregator gathers and broadcasts once per key.)
+    no wait for the device), and one small allreduce per trigger adds the ranks' sums up.
+    Every rank computes the same number of images per iteration (its chunks), so the mean
+    of the ranks' means is the mean over all images. (chainermn's ObservationAggregator
+    gathers and broadcasts once per key.)
+
+    Each rank holds its share of the sums; ``combine`` (collective, before a checkpoint)
+    makes every share the ranks' mean, so that rank 0's state, saved, is the run's: it
+    serializes the total, and a resumed rank takes total / its rank count, at any count.
     """
     trigger = 1, 'iteration'
     priority = chainer.training.PRIORITY_EDITOR
@@ -146,65 +151,61 @@ class MeanAcrossRanks(chainer.training.Extension):
         self._comm = comm
         self._keys = keys
         self._trigger = chainer.training.trigger.get_trigger(trigger)
-        self._summary = chainer.reporter.DictSummary()
+        self._sums = {}
+        self._counts = {}
 
     def __call__(self, trainer):
         observation = trainer.observation
-        self._summary.add({k: observation.pop(k) for k in self._keys if k in observation})
+        for key in self._keys:
+            if key in observation:
+                value = observation.pop(key)
+                value = value.array if isinstance(value, chainer.Variable) else value
+                self._sums[key] = self._sums[key] + value if key in self._sums else value
+                self._counts[key] = self._counts.get(key, 0) + 1
         if self._trigger(trainer):
-            means = self._summary.compute_mean()
-            mine = numpy.array([float(means[k]) for k in self._keys])
-            total = self._comm.mpi_comm.allreduce(mine)
-            observation.update(zip(self._keys, total / self._comm.size))
-            self._summary = chainer.reporter.DictSummary()
+            counts = [self._counts.get(k, 0) for k in self._keys]
+            total = self._comm.mpi_comm.allreduce(self._shares())
+            observation.update((k, s / (n * self._comm.size))
+                               for k, s, n in zip(self._keys, total, counts) if n)
+            self._sums, self._counts = {}, {}
+
+    def _shares(self):
+        return numpy.array([float(self._sums.get(k, 0.0)) for k in self._keys])
+
+    def combine(self):
+        """Every rank's share becomes the mean of the ranks' shares; collective."""
+        mean = self._comm.mpi_comm.allreduce(self._shares()) / self._comm.size
+        self._sums = {k: mean[i] for i, k in enumerate(self._keys) if k in self._counts}
 
     def serialize(self, serializer):
-        # Each rank's own sums: a checkpoint keeps them for every rank
-        # (checkpoint.PER_RANK_EXTENSIONS), so the first mean after a resume is exact.
         self._trigger.serialize(serializer['trigger'])
-        self._summary.serialize(serializer['summary'])
+        size = self._comm.size
+        counts = serializer('counts', numpy.array([self._counts.get(k, 0) for k in self._keys]))
+        totals = serializer('totals', self._shares() * size)
+        self._counts = {k: int(n) for k, n in zip(self._keys, counts) if n}
+        self._sums = {k: float(t) / size for k, t in zip(self._keys, totals) if k in self._counts}
 
 
 class MeanBatchNormStatistics(chainer.training.Extension):
-    """At ``trigger``, replaces every rank's BatchNorm running statistics (``avg_mean``,
-    ``avg_var``) by their mean over the ranks, with one allreduce.
+    """At ``trigger``, replaces every rank's BatchNorm running statistics by their mean over
+    the ranks (``checkpoint.mean_batchnorm_statistics``).
 
-    In training mode BatchNorm normalises with each batch's own statistics; the running
+    In training mode BatchNorm normalises with each chunk's own statistics; the running
     ones serve only evaluation and the saved model, and each rank accumulates its own
-    from its shard. Averaged before each evaluation, every rank evaluates the same model,
-    the one rank 0 saves: the logged test accuracy is ``model.npz``'s (it was the mean of
-    the ranks' accuracies, each with its own statistics, while ``model.npz`` held rank 0's).
-    Training itself is unchanged.
-
-    ChainerMN's ``extensions.AllreducePersistent`` does the same with one MPI allreduce per
-    array, each on the array where it lives: on a GPU that hands MPI a device pointer,
-    which only a CUDA-aware MPI can read (README: `flat` needs one too). Here the statistics
-    go through the host, all in one buffer.
+    from its chunks. Averaged before each evaluation, every rank evaluates the same model,
+    the one rank 0 saves: the logged test accuracy is ``model.npz``'s. Training itself is
+    unchanged.
     """
     priority = chainer.training.PRIORITY_WRITER + 2  # before the evaluator and the savers
     name = 'mean_batchnorm_statistics'
 
     def __init__(self, comm, model, trigger):
         self._comm = comm
-        self._links = [link for link in model.links()
-                       if isinstance(link, chainer.links.BatchNormalization)]
+        self._model = model
         self.trigger = trigger
 
     def __call__(self, trainer):
-        from mpi4py import MPI
-        arrays = [getattr(link, name) for link in self._links
-                  for name in ('avg_mean', 'avg_var')]
-        if self._comm.size == 1 or not arrays:
-            return
-        cpu = chainer.backend.CpuDevice()
-        total = numpy.concatenate([cpu.send(a).ravel().astype(numpy.float64) for a in arrays])
-        self._comm.mpi_comm.Allreduce(MPI.IN_PLACE, total)
-        total /= self._comm.size
-        start = 0
-        for array in arrays:
-            mean = total[start:start + array.size].reshape(array.shape).astype(array.dtype)
-            array[...] = chainer.backend.get_device_from_array(array).send(mean)
-            start += array.size
+        checkpoint.mean_batchnorm_statistics(self._model, self._comm)
 
 
 def add_reports(trainer, config, model):
@@ -259,7 +260,7 @@ def summarize(trainer, runtime, config):
     log = trainer.get_extension('LogReport').log if runtime.is_root else []
     last_eval = next((e for e in reversed(log) if 'validation/main/accuracy' in e), {})
     elapsed = trainer.elapsed_time
-    images = trainer.updater.iteration * config.train.batch_size * runtime.size
+    images = trainer.updater.iteration * trainer.updater.get_iterator('main').global_batch
     return {
         'test_accuracy': last_eval.get('validation/main/accuracy'),
         'test_loss': last_eval.get('validation/main/loss'),

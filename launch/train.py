@@ -8,7 +8,7 @@ progress for train.stall_timeout seconds (it prints its stacks); 128 + signal nu
 import sys
 
 import distributed  # noqa: F401  (applies the compat shims before chainer is imported)
-from distributed.checkpoint import CheckpointError, seed_random_state
+from distributed.checkpoint import CheckpointError, run_chunks, seed_random_state
 from distributed.config import ConfigError, load_config
 from distributed.data import create_datasets, create_iterators
 from distributed.data.sop import DataError
@@ -24,14 +24,15 @@ def train(config, stop_signal):
     runtime = create_runtime(config)
     if runtime.is_root:
         print(describe_runtime(runtime), flush=True)
-    seed_random_state(config.train.seed, 0)  # reproducible weights (rank 0's are broadcast)
+    chunks = run_chunks(config, runtime.comm, runtime.is_root)
+    seed_random_state(config.train.seed)  # reproducible weights (rank 0's are broadcast)
     model = create_model(config.model.arch, zero_gamma=config.model.zero_gamma)
-    seed_random_state(config.train.seed, runtime.rank)  # augmentation differs per rank
-    train_set, test_set = create_datasets(config, runtime)
+    train_set, test_set = create_datasets(config, runtime, chunks)
     model.to_device(runtime.device)
-    train_iter, test_iter = create_iterators(config, train_set, test_set, runtime.rank)
-    iters_per_epoch = len(train_set) / config.train.batch_size
-    schedule = create_schedule(config, runtime.size, iters_per_epoch)
+    train_iter, test_iter = create_iterators(config, train_set, test_set, runtime, chunks)
+    iters_per_epoch = train_set.images / train_iter.global_batch
+    # The recipe of C workers, whatever the rank count: lr, warm-up start.
+    schedule = create_schedule(config, chunks, iters_per_epoch)
     optimizer = create_optimizer(config, model, runtime.comm, schedule)
     trainer = create_trainer(config, runtime, model, optimizer, train_iter, test_iter, schedule,
                              stop_signal)

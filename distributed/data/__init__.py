@@ -4,49 +4,52 @@ import socket
 
 import chainer
 import chainermn
-import numpy
 from chainer.datasets import TransformDataset
 
 from distributed.data import sop
 from distributed.data.safe_images import SkipUnreadable, gather_skipped
+from distributed.data.stream import ChunkIterator, StreamExamples
 from distributed.data.transforms import TrainTransform, ValTransform
 
 
-def create_datasets(config, runtime):
-    """This rank's shards of the train and test splits, with their transforms.
+def create_datasets(config, runtime, chunks):
+    """The run's train stream and this rank's shard of the test split, with their
+    transforms; collective.
 
-    Examples are (file path, label) pairs decoded by the transforms into uint8 images;
-    files that do not decode are handled as ``data.on_bad_image`` says (see
-    ``safe_images``).
+    The train dataset is a ``stream.StreamExamples`` of the whole train split (every rank
+    holds the list), indexed by stream position, for a run of ``chunks`` chunks per global
+    batch. Examples are decoded by the transforms into uint8 images; files that do not
+    decode are handled as ``data.on_bad_image`` says (see ``safe_images``).
     """
-    train, test = scatter_splits(config, runtime)
+    train, test = split_for_run(config, runtime, chunks)
     crop, scale = config.data.crop_size, config.data.scale_size
-    return (decoded(train, TrainTransform(crop), config, runtime.rank),
+    return (decoded(StreamExamples(train, config.train.seed), TrainTransform(crop), config,
+                    runtime.rank, images=len(train)),
             decoded(test, ValTransform(crop, scale), config, runtime.rank))
 
 
-def decoded(pairs, transform, config, rank, substitute=True):
+def decoded(pairs, transform, config, rank, substitute=True, images=None):
     """(file path, label) ``pairs`` as ``transform``'s uint8 images: any file that decodes
-    is used, the others are handled as ``data.on_bad_image`` says (see ``safe_images``)."""
+    is used, the others are handled as ``data.on_bad_image`` says (see ``safe_images``).
+    ``images``: how many distinct images ``pairs`` holds (default: its length)."""
     return SkipUnreadable(TransformDataset(pairs, transform),
-                          config.data.on_bad_image, rank, substitute)
+                          config.data.on_bad_image, rank, substitute, images)
 
 
-def scatter_splits(config, runtime):
-    """This rank's (path, label) shards of the train and test splits; collective.
+def split_for_run(config, runtime, chunks):
+    """The whole train split (on every rank) and this rank's shard of the test split, as
+    (path, label) lists; collective.
 
-    The train split is shuffled and scattered in disjoint shards of equal length, the test
-    split in order.
+    The train split is broadcast whole: the stream decides which images each rank
+    computes (``stream.ChunkIterator``). The test split is scattered in order.
     """
     def too_small(root, datasets):
         train, test = (len(d) for d in datasets)
-        return (train_too_small(root, train, runtime.size, config.train.batch_size)
+        return (train_too_small(root, train, chunks, config.train.batch_size)
                 or split_empty(root, 'test', test, 'evaluation during training'))
 
     train, test = read_on_root(config, runtime, ('train', 'test'), too_small)
-    if runtime.is_root:
-        train = equal_shards(train, runtime.size, config.train.seed)
-    return (chainermn.scatter_dataset(train, runtime.comm),
+    return (runtime.comm.mpi_comm.bcast(train and list(train), root=0),
             chainermn.scatter_dataset(test, runtime.comm))
 
 
@@ -74,21 +77,22 @@ def read_on_root(config, runtime, splits, too_small=None):
     return datasets
 
 
-def train_too_small(root, images, ranks, batch_size):
-    """Why a train split of ``images`` cannot give each of ``ranks`` ranks one batch of
-    ``batch_size`` (a message with the numbers and what to change), or None."""
-    per_rank = images // ranks
-    if per_rank >= batch_size:
+def train_too_small(root, images, chunks, batch_size):
+    """Why a train split of ``images`` cannot fill one global batch of ``chunks`` chunks
+    of ``batch_size`` images (a message with the numbers and what to change), or None."""
+    per_chunk = images // chunks
+    if per_chunk >= batch_size:
         return None
     fixes = []
-    if per_rank >= 1:
-        fixes.append('set train.batch_size to at most {}'.format(per_rank))
+    if per_chunk >= 1:
+        fixes.append('set train.batch_size to at most {}'.format(per_chunk))
     if images >= batch_size:
-        fixes.append('run on at most {} rank(s)'.format(images // batch_size))
+        fixes.append('run with at most {} chunk(s) (train.chunks, or ranks at the '
+                     'start)'.format(images // batch_size))
     fixes.append('add images to {}'.format(os.path.join(root, sop.INDEX_FILES['train'])))
-    return ('the train split of {} has {} images: {} per rank on {} rank{}, fewer than one '
-            'batch (train.batch_size={}); {}'.format(
-                root, images, per_rank, ranks, '' if ranks == 1 else 's', batch_size,
+    return ('the train split of {} has {} images: {} per chunk with {} chunk{} '
+            '(train.chunks), fewer than one batch (train.batch_size={}); {}'.format(
+                root, images, per_chunk, chunks, '' if chunks == 1 else 's', batch_size,
                 ', or '.join(fixes)))
 
 
@@ -100,32 +104,20 @@ def split_empty(root, split, images, purpose):
         split, root, purpose, os.path.join(root, sop.INDEX_FILES[split])))
 
 
-def equal_shards(dataset, size, seed):
-    """``dataset`` shuffled and cut to a multiple of ``size``, so that scattering it gives
-    disjoint shards of equal length: every rank then agrees where an epoch ends. At most
-    size - 1 images are left out (chainermn would instead repeat some on two ranks)."""
-    order = numpy.random.RandomState(seed).permutation(len(dataset))
-    return chainer.datasets.SubDataset(dataset, 0, len(dataset) // size * size, order)
-
-
-def create_iterators(config, train, test, rank):
-    """Training iterator (shuffling, repeating) and test iterator (one ordered pass).
-
-    The training order comes from a generator seeded with train.seed + rank, whose state
-    checkpoints save, so a resumed run visits the same samples as an uninterrupted one.
-    """
-    batch = config.train.batch_size
-    eval_batch = config.train.eval_batch_size or batch
-    if config.data.loader == 'multiprocess':
-        make = chainer.iterators.MultiprocessIterator
-        options = dict(n_processes=config.data.workers)
+def create_iterators(config, train, test, runtime, chunks):
+    """This rank's training iterator over the run's stream (``stream.ChunkIterator``, a
+    list of chunks per global batch) and its test iterator (one ordered pass)."""
+    eval_batch = config.train.eval_batch_size or config.train.batch_size
+    workers = config.data.workers if config.data.loader == 'multiprocess' else 0
+    train_iter = ChunkIterator(train, train.images, config.train.batch_size, chunks,
+                               runtime.size, runtime.rank, workers)
+    if workers:
+        test_iter = chainer.iterators.MultiprocessIterator(
+            test, eval_batch, repeat=False, shuffle=False, n_processes=workers)
     else:
-        make = chainer.iterators.SerialIterator
-        options = {}
-    order = chainer.iterators.ShuffleOrderSampler(
-        numpy.random.RandomState(config.train.seed + rank))
-    return (make(train, batch, order_sampler=order, **options),
-            make(test, eval_batch, repeat=False, shuffle=False, **options))
+        test_iter = chainer.iterators.SerialIterator(test, eval_batch, repeat=False,
+                                                     shuffle=False)
+    return train_iter, test_iter
 
 
 def unreadable_report(datasets, comm):

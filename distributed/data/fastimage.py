@@ -2,8 +2,8 @@
 
 chainercv's default path decodes the whole JPEG into float32, crops, resizes every channel
 in float and then subtracts the mean: three full-size float passes for a 224 px result.
-Here the crop geometry is drawn first (by chainercv itself, from the picture's header size,
-so the distribution and the random-number use are chainercv's); ``images`` then decodes
+Here the crop geometry is drawn first (chainercv's sampling recipe, from the picture's
+header size, from the generator the caller gives); ``images`` then decodes
 the JPEG with simplejpeg at the smallest DCT scale (1/2, 1/4, 1/8) that still covers the
 crop at full resolution, crops, resizes the box to the output in one uint8
 ``cv2.resize`` (bilinear), and only the final crop is flipped. The result stays uint8: the
@@ -11,9 +11,10 @@ float conversion and the mean subtraction happen once per batch, on the device
 (``runtime.InputConverter``), and a batch crosses from loader processes and to the GPU
 in a quarter of float32's bytes.
 """
+import math
+
 import cv2
 import numpy
-from chainercv import transforms
 
 SCALE_RATIO_RANGE = (0.08, 1.0)
 ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
@@ -32,26 +33,37 @@ def to_chw(pixels, x_flip=False):
     return numpy.stack(cv2.split(pixels))
 
 
-def train_box(height, width):
+def train_box(height, width, rng):
     """A random-sized crop box (x0, y0, x1, y1) of a ``height`` x ``width`` picture, drawn
-    by chainercv's ``random_sized_crop`` (scale 0.08-1, aspect 3/4-4/3) from ``random``."""
-    # chainercv draws the crop from the shape alone; an empty array of that shape gives
-    # its exact sampling without decoding anything.
-    _, param = transforms.random_sized_crop(
-        numpy.empty((0, height, width), numpy.uint8), SCALE_RATIO_RANGE, ASPECT_RATIO_RANGE,
-        return_param=True)
-    ys, xs = param['y_slice'], param['x_slice']
-    return xs.start, ys.start, xs.stop, ys.stop
+    from ``rng`` (a ``numpy.random.Generator``) by Szegedy et al. 2015's recipe as
+    chainercv's ``random_sized_crop`` applies it: up to 10 tries of an aspect ratio in
+    3/4-4/3 (or its inverse, with probability 1/2) and an area fraction in 0.08-1 that
+    fits; else the largest fraction that fits."""
+    low, high = SCALE_RATIO_RANGE
+    for _ in range(10):
+        aspect = rng.uniform(*ASPECT_RATIO_RANGE)
+        if rng.uniform() < 0.5:
+            aspect = 1 / aspect
+        fits = min(high, height / (width * aspect), aspect * width / height)
+        scale = rng.uniform(low, high)
+        if scale <= fits:
+            break
+    else:
+        scale = rng.uniform(min(low, fits), fits)
+    crop_h = int(math.floor(math.sqrt(scale * height * width * aspect)))
+    crop_w = int(math.floor(math.sqrt(scale * height * width / aspect)))
+    y0 = int(rng.integers(0, height - crop_h, endpoint=True))
+    x0 = int(rng.integers(0, width - crop_w, endpoint=True))
+    return x0, y0, x0 + crop_w, y0 + crop_h
 
 
-def train_image(picture, crop_size):
-    """``(3, crop_size, crop_size)`` uint8 of an ``images.Picture``: random-sized crop,
-    resize, random horizontal flip; as chainercv's transforms draw them.
+def train_image(picture, crop_size, rng):
+    """``(3, crop_size, crop_size)`` uint8 of an ``images.Picture``: random-sized crop
+    (``train_box``), resize, horizontal flip with probability 1/2, all drawn from ``rng``.
     Raises ``images.UnreadableImage``."""
-    box = train_box(picture.height, picture.width)
+    box = train_box(picture.height, picture.width, rng)
     out = picture.region(box, (crop_size, crop_size))
-    _, flip = transforms.random_flip(numpy.empty((0, 1, 1)), x_random=True, return_param=True)
-    return to_chw(out, flip['x_flip'])
+    return to_chw(out, rng.uniform() < 0.5)
 
 
 def scaled_size(height, width, scale_size):

@@ -31,13 +31,16 @@ class BadImageError(RuntimeError):
 class SkipUnreadable(chainer.dataset.DatasetMixin):
     """Wraps a dataset whose examples may raise ``UnreadableImage``.
 
-    ``policy`` 'skip': report the file and return the next readable example instead (or,
+    ``images``: how many distinct images ``dataset`` holds (a ``stream.StreamExamples``
+    is far longer). ``policy`` 'skip': report the file and return the next readable
+    example instead (or,
     without ``substitute``, None: counting must not see an image twice); 'error': raise
     ``BadImageError`` naming the file and the rank.
     """
 
-    def __init__(self, dataset, policy, rank, substitute=True):
+    def __init__(self, dataset, policy, rank, substitute=True, images=None):
         self.dataset = dataset
+        self.images = len(dataset) if images is None else images
         self.policy = policy
         self.rank = rank
         self.substitute = substitute
@@ -57,13 +60,13 @@ class SkipUnreadable(chainer.dataset.DatasetMixin):
             except UnreadableImage as e:
                 self._report(e)
                 return None
-        for step in range(n):
+        for step in range(self.images):
             try:
                 return self.dataset[(i + step) % n]
             except UnreadableImage as e:
                 self._report(e)
         raise BadImageError('rank {}: none of its {} images can be decoded; check data.root'
-                            .format(self.rank, n))
+                            .format(self.rank, self.images))
 
     def _report(self, e):
         if self.policy == 'error':

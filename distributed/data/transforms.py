@@ -10,6 +10,8 @@ product's datasets use (``sop.load_split``). A thumbnail smaller than
 by ``runtime.InputConverter``. A file that cannot be read raises
 ``images.UnreadableImage`` naming it.
 """
+import random
+
 from chainercv import transforms
 import numpy
 
@@ -21,27 +23,38 @@ def to_uint8(img):
     return numpy.clip(numpy.rint(img), 0, 255).astype(numpy.uint8)
 
 
+def draws(key=None):
+    """The ``numpy.random.Generator`` an image's augmentation draws from: from ``key``
+    (``(train.seed, epoch, position in the epoch)``, ``stream.StreamExamples``) when
+    given, so any process draws the same; else seeded from Python's ``random``, which
+    CPython reseeds in every forked process (loader workers then differ)."""
+    if key is None:
+        key = (random.getrandbits(64),)
+    return numpy.random.default_rng([int(k) for k in key])
+
+
 class TrainTransform:
     """Random-sized crop (Szegedy et al. 2015), resize, horizontal flip.
 
-    The crop and flip draw from Python's ``random``, as chainercv's do; CPython reseeds it
-    in every forked process, so MultiprocessIterator workers (forkserver children) draw
-    independent crops.
+    An example is ``(image, label)`` or ``(image, label, key)``; the crop and flip draw
+    from ``draws(key)``.
     """
 
     def __init__(self, crop_size):
         self.crop_size = crop_size
 
     def __call__(self, in_data):
-        img, label = in_data
+        img, label = in_data[:2]
+        rng = draws(in_data[2] if len(in_data) > 2 else None)
         if isinstance(img, str):
             picture = images.open_image(img)
             if min(picture.height, picture.width) >= fastimage.MIN_SIDE:
-                return fastimage.train_image(picture, self.crop_size), label
+                return fastimage.train_image(picture, self.crop_size, rng), label
             img = fastimage.enlarged(picture)
-        img = transforms.random_sized_crop(img)
-        img = transforms.resize(img, (self.crop_size, self.crop_size))
-        img = transforms.random_flip(img, x_random=True)
+        x0, y0, x1, y1 = fastimage.train_box(img.shape[1], img.shape[2], rng)
+        img = transforms.resize(img[:, y0:y1, x0:x1], (self.crop_size, self.crop_size))
+        if rng.uniform() < 0.5:
+            img = img[:, :, ::-1]
         return to_uint8(img), label
 
 

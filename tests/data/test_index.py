@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from distributed.config import load_config
-from distributed.data import scatter_splits, sop
+from distributed.data import split_for_run, sop
 from distributed.data.sop import DataError
 
 from launching import TINY, run_launcher
@@ -244,7 +244,7 @@ def test_the_whole_path_reads_an_edited_index(tree, tmp_path):
 
 def one_rank(config_overrides, one_rank_runtime):
     config = load_config(None, config_overrides + ['data.loader=serial'])
-    return scatter_splits(config, one_rank_runtime)
+    return split_for_run(config, one_rank_runtime, 1)
 
 
 def test_a_split_smaller_than_a_batch_is_refused_with_the_numbers(tree, one_rank_runtime):
@@ -254,7 +254,7 @@ def test_a_split_smaller_than_a_batch_is_refused_with_the_numbers(tree, one_rank
         one_rank(['data.root={}'.format(tree), 'train.batch_size=4'], one_rank_runtime)
     message = str(caught.value)
     assert '\n' not in message
-    assert ('has 3 images: 3 per rank on 1 rank, fewer than one batch '
+    assert ('has 3 images: 3 per chunk with 1 chunk (train.chunks), fewer than one batch '
             '(train.batch_size=4); set train.batch_size to at most 3') in message
     (tree / sop.INDEX_FILES['test']).write_text(lines[0] + '\n\n')
     with pytest.raises(DataError, match='the test split of .* has no images, so evaluation '
@@ -271,8 +271,9 @@ def test_fewer_images_than_ranks_stops_every_rank_with_one_line(tree, tmp_path):
     assert done.returncode == 2, done.stderr
     assert 'Traceback' not in done.stderr and 'ZeroDivisionError' not in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith('error:')]
-    assert errors == ['error: the train split of {} has 2 images: 0 per rank on 3 ranks, '
-                      'fewer than one batch (train.batch_size=4); add images to {}'.format(
+    assert errors == ['error: the train split of {} has 2 images: 0 per chunk with 3 chunks '
+                      '(train.chunks), fewer than one batch (train.batch_size=4); add images '
+                      'to {}'.format(
                           tree, tree / sop.INDEX_FILES['train'])]
 
 

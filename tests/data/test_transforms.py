@@ -7,8 +7,11 @@ import numpy
 import pytest
 from chainercv.utils import read_image
 
-from distributed.bench import chainercv_train_transform, write_jpegs
-from distributed.data.transforms import TrainTransform, ValTransform
+from chainercv import transforms
+
+from distributed.bench import write_jpegs
+from distributed.data import fastimage
+from distributed.data.transforms import TrainTransform, ValTransform, draws
 from distributed.runtime import InputConverter
 
 MEAN = numpy.array([123.0, 117.0, 104.0], numpy.float32).reshape(3, 1, 1)
@@ -29,17 +32,40 @@ def test_train_output_shape_and_dtype(jpegs):
         assert img.shape == (3, 64, 64) and img.dtype == numpy.uint8
 
 
+def chainercv_with_key(path, crop_size, key):
+    """chainercv's float32 path over the crop box and flip that ``draws(key)`` gives."""
+    img = read_image(path)
+    rng = draws(key)
+    x0, y0, x1, y1 = fastimage.train_box(img.shape[1], img.shape[2], rng)
+    img = transforms.resize(img[:, y0:y1, x0:x1], (crop_size, crop_size))
+    return transforms.flip(img, x_flip=bool(rng.uniform() < 0.5))
+
+
 def test_images_normalised_by_the_converter_match_chainercvs_path(jpegs):
     # chainercv's path (float32, mean subtracted per image) against the product's (uint8,
     # mean subtracted per batch by the converter): the same numbers up to uint8 rounding.
     converter = InputConverter(MEAN)
-    for path in jpegs:
-        random.seed(7)
-        product, _ = converter([TrainTransform(40)((read_image(path), 0))])
-        random.seed(7)
-        reference = chainercv_train_transform(path, 40, MEAN)
+    for i, path in enumerate(jpegs):
+        key = (7, 0, i)
+        product, _ = converter([TrainTransform(40)((read_image(path), 0, key))])
+        reference = chainercv_with_key(path, 40, key) - MEAN
         assert product.dtype == numpy.float32
         numpy.testing.assert_allclose(product[0], reference, atol=0.5 + 1e-4)
+
+
+def test_the_key_decides_the_crop_and_flip_in_any_process(jpegs):
+    # (seed, epoch, position): the same key gives the same image whatever Python's and
+    # NumPy's global generators hold; another key another crop.
+    transform = TrainTransform(32)
+    random.seed(1)
+    numpy.random.seed(1)
+    first, _ = transform((jpegs[0], 0, (3, 1, 5)))
+    random.seed(2)
+    numpy.random.seed(2)
+    again, _ = transform((jpegs[0], 0, (3, 1, 5)))
+    assert numpy.array_equal(first, again)
+    others = [transform((jpegs[0], 0, (3, 1, p)))[0] for p in range(6, 12)]
+    assert not all(numpy.array_equal(first, other) for other in others)
 
 
 @pytest.fixture(scope='module')
@@ -47,20 +73,17 @@ def smooth_jpegs(tmp_path_factory):
     return write_jpegs(str(tmp_path_factory.mktemp('smooth')), 8, seed=3, noise=0)
 
 
-def test_train_draws_the_same_crop_and_flip_as_chainercv(smooth_jpegs):
-    # Same seed, same random-number use: the crop box and the flip are chainercv's, so
-    # the images agree up to resampling (uint8 rounding, reduced-size JPEG decoding; on
-    # smooth pictures, so that aliasing in either resize does not hide a shifted box).
+def test_train_draws_the_same_crop_and_flip_on_either_path(smooth_jpegs):
+    # Same key: the fast path from a file and chainercv's path over the decoded array take
+    # the same crop box and flip, so the images agree up to resampling (uint8 rounding,
+    # reduced-size JPEG decoding; on smooth pictures, so that aliasing in either resize
+    # does not hide a shifted box).
     transform = TrainTransform(224)
     flips = []
     for seed in range(40):
         path = smooth_jpegs[seed % len(smooth_jpegs)]
-        random.seed(seed)
-        fast, _ = transform((path, 0))
-        after_fast = random.random()
-        random.seed(seed)
-        slow, _ = transform((read_image(path), 0))
-        assert random.random() == after_fast
+        fast, _ = transform((path, 0, (seed, 0, 0)))
+        slow, _ = transform((read_image(path), 0, (seed, 0, 0)))
         fast, slow = fast.astype(numpy.float32), slow.astype(numpy.float32)
         assert numpy.abs(fast - slow).mean() < 1.5
         mirrored = numpy.abs(fast[:, :, ::-1] - slow).mean()
