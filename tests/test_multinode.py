@@ -6,9 +6,10 @@ The hosts are scripts/testbed/up.sh's (root): network namespaces sop-n1.. with t
 address, host name and mounts, sshd on each, joined by a bridge. mpiexec runs on sop-n1
 and reaches the others through real ssh (keep-alives: a silent host is given up after
 6 s). UCX_TLS=tcp,self: MPICH's UCX would otherwise carry the ranks' traffic through
-shared memory, which crosses network namespaces on one kernel (a cut link would then
-change nothing: test_a_host_off_the_network... fails if it does). Where no test bed is
-up (or this is not root), the module is skipped with one line; with REQUIRE_MULTINODE=1
+shared memory, which crosses network namespaces on one kernel: a cut link then changed
+nothing (checked: 50 iterations after the cut), and
+test_a_host_off_the_network_with_plain_ssh... fails if it does. Where no test bed is up
+(or this is not root), the module is skipped with one line; with REQUIRE_MULTINODE=1
 (.ci/run) that is an error instead.
 """
 import glob
@@ -30,10 +31,13 @@ from launching import MPIEXEC, REPO
 BED = '/var/lib/sop-testbed'
 ON = os.path.join(REPO, 'scripts', 'testbed', 'on')
 SSH = os.path.join(BED, 'ssh')
+"""ssh with the test bed's keys and keep-alives (plain ssh, as Hydra runs by default)."""
+HYDRA_SSH = os.path.join(REPO, 'scripts', 'hydra_ssh')
+"""The product's ssh for Hydra, which ends mpiexec when a host is lost."""
 LOCAL = os.path.join(BED, 'local')
 """sop-n1 sees this folder; every other test host sees an empty tmpfs of its own there."""
 DEADLINE = 30  # seconds from a fault to the whole job being gone, on every host
-KEEPALIVE = 6  # seconds: sshd's ClientAliveInterval x ClientAliveCountMax (up.sh)
+KEEPALIVE = 6  # seconds: ClientAliveInterval x ClientAliveCountMax of sshd and ssh
 
 
 def _bed_down():
@@ -116,14 +120,16 @@ def link(host, state):
 
 
 class Job:
-    """``mpiexec`` on sop-n1 with ``ppn`` ranks on each of ``hosts``, as on a cluster."""
+    """``mpiexec`` on sop-n1 with ``ppn`` ranks on each of ``hosts``, as on a cluster,
+    through ``launcher`` (Hydra's -launcher-exec)."""
 
-    def __init__(self, args, hosts=('sop-n1', 'sop-n2'), ppn=1, env=None):
+    def __init__(self, args, hosts=('sop-n1', 'sop-n2'), ppn=1, launcher=HYDRA_SSH):
         environment = {k: v for k, v in os.environ.items()
                        if k not in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS',
                                     'MKL_NUM_THREADS')}
-        environment.update(PYTHONPATH=REPO, UCX_TLS='tcp,self', **(env or {}))
-        command = [ON, 'sop-n1', MPIEXEC, '-launcher', 'ssh', '-launcher-exec', SSH,
+        environment.update(PYTHONPATH=REPO, UCX_TLS='tcp,self', SOP_SSH=SSH,
+                           SOP_SSH_ALIVE_S=str(KEEPALIVE // 3))
+        command = [ON, 'sop-n1', MPIEXEC, '-launcher', 'ssh', '-launcher-exec', launcher,
                    '-hosts', ','.join(hosts), '-n', str(ppn * len(hosts)), '-ppn', str(ppn),
                    sys.executable, '-m', 'launch.train'] + list(args)
         self.hosts = hosts
@@ -184,7 +190,6 @@ def checkpoints(out):
 
 def assert_intact(paths):
     """Each checkpoint reads whole (every array of the zip archive)."""
-    assert paths
     for path in paths:
         with numpy.load(path, allow_pickle=False) as archive:
             for key in archive.files:
@@ -251,10 +256,10 @@ def test_data_root_missing_on_one_host_stops_every_rank_naming_host_and_path(bed
     assert time.monotonic() - began < 60, output
 
 
-def _until_checkpoint(bed, tiny_sop, *overrides):
+def _until_checkpoint(bed, tiny_sop, *overrides, **kwargs):
     out = os.path.join(bed, 'out')
     job = Job(train_args(tiny_sop, out, 'train.epochs=100', 'checkpoint.interval=2',
-                         *overrides))
+                         *overrides), **kwargs)
     job.wait_for(os.path.join(out, 'snapshot_iter_2.npz'))
     return job, out
 
@@ -270,28 +275,64 @@ def test_a_host_whose_processes_all_die_ends_the_job(bed, tiny_sop, record_prope
     seconds = time.monotonic() - killed
     record_property('host_died', (code, round(seconds, 1)))
     assert code != 0 and seconds < DEADLINE, (code, seconds, output)
-    assert 'sop-n2' in output.split('snapshot_iter_2')[-1], output
+    assert [line for line in output.splitlines()
+            if 'sop-n2' in line and not line.startswith('ranks:')], output
     assert left_behind(job.hosts, grace=DEADLINE) == {}
+    assert checkpoints(out)
     assert_intact(checkpoints(out))
 
 
-def test_a_host_off_the_network_ends_the_job_after_the_stall_timeout(
-        bed, tiny_sop, record_property):
-    # Nothing is killed: sop-n2's link goes down. Its ranks and rank 0 wait in an
-    # allreduce until their watchdogs fire (train.stall_timeout); Hydra's mpiexec, which
-    # waits for every host's proxy, ends only because the watchdog aborts the job
-    # (MPI_Abort): a rank that merely exited left it waiting for ever.
+@pytest.mark.parametrize('phase', ['training', 'start-up'])
+def test_a_host_off_the_network_ends_the_job_within_the_keepalive(
+        bed, tiny_sop, phase, record_property):
+    # Nothing is killed: sop-n2's link goes down, mid-training or while its rank starts.
+    # scripts/hydra_ssh: ssh gives the host up after its keep-alives and ends mpiexec,
+    # which would wait for that host's proxy for ever (before any watchdog fires: the
+    # allowances here are far longer).
+    out = os.path.join(bed, 'out')
+    stall = 60
+    args = train_args(tiny_sop, out, 'train.epochs=100', 'checkpoint.interval=2',
+                      'train.stall_timeout={}'.format(stall),
+                      'train.startup_timeout={}'.format(stall))
+    job = Job(args)
+    if phase == 'training':
+        job.wait_for(os.path.join(out, 'snapshot_iter_2.npz'))
+    else:
+        end = time.monotonic() + 120
+        while not any('launch.train' in c for c in on_host('sop-n2').values()):
+            assert job.proc.poll() is None and time.monotonic() < end, job.finish(30)
+            time.sleep(0.05)
+    link('sop-n2', 'down')
+    cut = time.monotonic()
+    code, output = job.finish(timeout=stall + DEADLINE)
+    seconds = time.monotonic() - cut
+    record_property('link_down_' + phase, (code, round(seconds, 1)))
+    assert code != 0 and seconds < KEEPALIVE + DEADLINE, (code, seconds, output)
+    lost = [line for line in output.splitlines() if 'sop-n2 lost' in line]
+    assert len(lost) == 1 and lost[0].startswith('error: host sop-n2 lost'), output
+    # sop-n2's ranks end by their own watchdogs (the fallback's 30 s after the start-up
+    # allowance, in MPI's start-up), its sshd session after the keep-alives.
+    assert left_behind(job.hosts, grace=stall + 30 + DEADLINE) == {}
+    assert_intact(checkpoints(out) if phase == 'training' else [])
+
+
+def test_a_host_off_the_network_with_plain_ssh_ends_at_the_stall_timeout(bed, tiny_sop,
+                                                                         record_property):
+    # With plain ssh, Hydra's mpiexec ends only because the watchdog aborts the job
+    # (MPI_Abort) after train.stall_timeout: a rank that merely exited left it waiting
+    # for sop-n2's proxy for ever.
     stall = 15
-    job, out = _until_checkpoint(bed, tiny_sop, 'train.stall_timeout={}'.format(stall))
+    job, out = _until_checkpoint(bed, tiny_sop, 'train.stall_timeout={}'.format(stall),
+                                 launcher=SSH)
     link('sop-n2', 'down')
     cut = time.monotonic()
     code, output = job.finish(timeout=stall + DEADLINE + 60)
     seconds = time.monotonic() - cut
-    record_property('link_down', (code, round(seconds, 1)))
+    record_property('link_down_plain_ssh', (code, round(seconds, 1)))
     assert code == 4 and seconds < stall + DEADLINE, (code, seconds, output)
     assert 'made no progress for' in output and 'train.stall_timeout' in output, output
-    # sop-n2's ranks end by their own watchdogs, its sshd session after the keep-alives.
     assert left_behind(job.hosts, grace=stall + KEEPALIVE + DEADLINE) == {}
+    assert checkpoints(out)
     assert_intact(checkpoints(out))
 
 
