@@ -1,10 +1,12 @@
 """Trainer assembly: updater, multi-node evaluation, cross-rank means, root-only reports."""
 import os
+import re
 import signal
 import socket
+import sys
 
 import chainer
-import chainermn
+import chainer.functions as F
 import yaml
 from chainer.training import extensions
 import numpy
@@ -41,12 +43,10 @@ def create_trainer(config, runtime, model, optimizer, train_iter, test_iter, sch
     # Each evaluation batch is progress too: a long evaluation is not a stall.
     evaluating = liveness.watch_calls(converter, runtime.watchdog, lambda: (
         'an evaluation batch after iteration {}'.format(trainer.updater.iteration)))
-    evaluator = extensions.Evaluator(test_iter, model, device=runtime.device,
-                                     converter=evaluating)
     trainer.extend(MeanBatchNormStatistics(runtime.comm, model,
                                            evaluation_trigger(config.train)))
-    trainer.extend(chainermn.create_multi_node_evaluator(evaluator, runtime.comm),
-                   trigger=evaluation_trigger(config.train), name='validation')
+    trainer.extend(SplitEvaluation(test_iter, model, evaluating, runtime.device, runtime.comm),
+                   trigger=evaluation_trigger(config.train))
     if runtime.is_root:
         add_reports(trainer, config, model)
     checkpoint.attach(trainer, runtime.comm, runtime.is_root, config.checkpoint.interval,
@@ -186,6 +186,50 @@ class MeanAcrossRanks(chainer.training.Extension):
         self._sums = {k: float(t) / size for k, t in zip(self._keys, totals) if k in self._counts}
 
 
+class SplitEvaluation(chainer.training.Extension):
+    """The test split's ``validation/main/loss`` and ``validation/main/accuracy``: sums
+    and counts over every image of the split once, one allreduce, then divided.
+
+    Each rank runs its shard (shards of unequal length, no image repeated: ``data``) in
+    test mode; the loss is the softmax cross-entropy summed per image in float64, the
+    accuracy the count of images whose highest score (the first, on ties) is their label.
+    So the accuracy is ``launch.evaluate``'s top-1 exactly, at any rank count and eval
+    batch size, and the loss the mean over images to float tolerance. (ChainerMN's
+    multi-node evaluator logs the mean of the ranks' means of batch means over shards made
+    equal by repeating images.) Unreadable images are None in the shard and not counted.
+    """
+    priority = chainer.training.PRIORITY_WRITER
+    name = 'validation'
+
+    def __init__(self, iterator, model, converter, device, comm):
+        self._iterator = iterator
+        self._model = model
+        self._converter = converter
+        self._device = device
+        self._comm = comm
+
+    def __call__(self, trainer):
+        sums = numpy.zeros(3)  # loss, correct, images
+        self._iterator.reset()
+        with chainer.using_config('train', False), chainer.no_backprop_mode():
+            for batch in self._iterator:
+                batch = [example for example in batch if example is not None]
+                if not batch:
+                    continue
+                x, t = self._converter(batch, self._device)
+                y = F.cast(self._model.predictor(x), numpy.float32)
+                loss = F.softmax_cross_entropy(y, t, reduce='no').array
+                hits = y.array.argmax(axis=1) == t
+                sums += [float(loss.sum(dtype=numpy.float64)), int(hits.sum()), len(batch)]
+        loss, correct, images = self._comm.mpi_comm.allreduce(sums)
+        if images:
+            chainer.report({'validation/main/loss': loss / images,
+                            'validation/main/accuracy': correct / images})
+
+    def finalize(self):
+        self._iterator.finalize()
+
+
 class MeanBatchNormStatistics(chainer.training.Extension):
     """At ``trigger``, replaces every rank's BatchNorm running statistics by their mean over
     the ranks (``checkpoint.mean_batchnorm_statistics``).
@@ -216,11 +260,14 @@ def add_reports(trainer, config, model):
     train = config.train
     trainer.extend(extensions.observe_lr(), trigger=log_trigger(train))
     trainer.extend(extensions.LogReport(trigger=log_trigger(train)))
+    console = TerminalOnly(sys.stdout)
     trainer.extend(extensions.PrintReport(
         ['epoch', 'iteration', 'main/loss', 'main/accuracy', 'validation/main/loss',
-         'validation/main/accuracy', 'lr', 'elapsed_time']), trigger=log_trigger(train))
+         'validation/main/accuracy', 'lr', 'elapsed_time'], out=console),
+        trigger=log_trigger(train))
     if config.train.progress:
-        trainer.extend(extensions.ProgressBar(update_interval=1))
+        trainer.extend(extensions.ProgressBar(update_interval=1, out=console))
+    trainer.extend(TensorBoardReport(config.out), trigger=log_trigger(train))
     for name in ('loss', 'accuracy'):
         trainer.extend(extensions.PlotReport(
             ['main/' + name, 'validation/main/' + name],
@@ -228,6 +275,67 @@ def add_reports(trainer, config, model):
             trigger=log_trigger(train), file_name=name + '.png'))
     trainer.extend(extensions.snapshot_object(model, 'model.npz', savefun=checkpoint.save_npz),
                    trigger=(config.train.epochs, 'epoch'))
+
+
+class TensorBoardReport(chainer.training.Extension):
+    """Rank 0's logged numbers (``TENSORBOARD_KEYS`` present in the observation, and
+    images/s since the previous point) as TensorBoard scalars, step = iteration, in event
+    files in ``out`` (tensorboardX's ``SummaryWriter``), so that ``tensorboard --logdir
+    results`` shows runs side by side. Reads at the log trigger, as LogReport does."""
+    priority = chainer.training.PRIORITY_READER
+    name = 'tensorboard'
+
+    def __init__(self, out):
+        self._out = out
+        self._writer = None
+        self._last = None  # (iteration, elapsed time) of the previous point
+
+    def __call__(self, trainer):
+        from tensorboardX import SummaryWriter
+        if self._writer is None:
+            self._writer = SummaryWriter(self._out)
+        updater = trainer.updater
+        observation = trainer.observation
+        step = updater.iteration
+        for key in TENSORBOARD_KEYS:
+            if key in observation:
+                self._writer.add_scalar(key, float(observation[key]), step)
+        elapsed = trainer.elapsed_time
+        since, started = self._last or (0, 0.0)
+        if elapsed > started and step > since:
+            images = (step - since) * updater.get_iterator('main').global_batch
+            self._writer.add_scalar('images_per_sec', images / (elapsed - started), step)
+        self._last = step, elapsed
+        self._writer.flush()
+
+    def finalize(self):
+        if self._writer is not None:
+            self._writer.close()
+
+
+TENSORBOARD_KEYS = ('main/loss', 'main/accuracy', 'validation/main/loss',
+                    'validation/main/accuracy', 'lr')
+
+
+class TerminalOnly:
+    """A text stream that passes terminal control sequences (cursor moves, line erases:
+    ``ESC [ ... letter``) on only when ``stream`` is a terminal. chainer's PrintReport
+    erases the line before each log line with ``ESC[J``; in a batch job's log file that
+    would start every line with it."""
+
+    CONTROL = re.compile(r'\x1b\[[0-9;?]*[A-Za-z]')
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        isatty = getattr(self.stream, 'isatty', None)
+        if not (isatty and isatty()):
+            text = self.CONTROL.sub('', text)
+        return self.stream.write(text)
+
+    def flush(self):
+        self.stream.flush()
 
 
 def write_config(config, out):

@@ -1,11 +1,14 @@
 """distributed.trainer: global means for the log, when evaluation runs, the closing line."""
+import io
+
 import chainer
 import chainermn
 import numpy
 import pytest
 from chainer.training import extensions
 
-from distributed.trainer import EveryAndAtEnd, MeanAcrossRanks, MeanBatchNormStatistics, describe
+from distributed.trainer import (EveryAndAtEnd, MeanAcrossRanks, MeanBatchNormStatistics,
+                                 TerminalOnly, describe)
 
 
 class Reporting(chainer.Link):
@@ -118,3 +121,21 @@ def test_batchnorm_running_statistics_are_averaged_over_the_ranks(world):
     numpy.testing.assert_allclose(bn.avg_var, numpy.full(3, 2 * ranks_mean, numpy.float32))
     assert bn.avg_mean.dtype == numpy.float32
     numpy.testing.assert_array_equal(model[0].W.array, weights)  # weights untouched
+
+
+class Stream(io.StringIO):
+    def __init__(self, tty):
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self):
+        return self.tty
+
+
+def test_terminal_control_sequences_reach_only_a_terminal():
+    # What chainer's PrintReport and ProgressBar write: an erase, a line, a cursor move.
+    text = '\x1b[Jepoch 1   0.5\n\x1b[2A\x1b[?25l'
+    for tty, expected in ((True, text), (False, 'epoch 1   0.5\n')):
+        stream = Stream(tty)
+        TerminalOnly(stream).write(text)
+        assert stream.getvalue() == expected

@@ -25,7 +25,7 @@ def create_datasets(config, runtime, chunks):
     crop, scale = config.data.crop_size, config.data.scale_size
     return (decoded(StreamExamples(train, config.train.seed), TrainTransform(crop), config,
                     runtime.rank, images=len(train)),
-            decoded(test, ValTransform(crop, scale), config, runtime.rank))
+            decoded(test, ValTransform(crop, scale), config, runtime.rank, substitute=False))
 
 
 def decoded(pairs, transform, config, rank, substitute=True, images=None):
@@ -41,7 +41,9 @@ def split_for_run(config, runtime, chunks):
     (path, label) lists; collective.
 
     The train split is broadcast whole: the stream decides which images each rank
-    computes (``stream.ChunkIterator``). The test split is scattered in order.
+    computes (``stream.ChunkIterator``). The test split is scattered in order, in shards
+    whose lengths differ by at most one, each image once; an unreadable test image is None
+    (not counted), never replaced by another.
     """
     def too_small(root, datasets):
         train, test = (len(d) for d in datasets)
@@ -49,8 +51,9 @@ def split_for_run(config, runtime, chunks):
                 or split_empty(root, 'test', test, 'evaluation during training'))
 
     train, test = read_on_root(config, runtime, ('train', 'test'), too_small)
+    # Test shards of unequal length: equal ones would repeat images in the evaluation.
     return (runtime.comm.mpi_comm.bcast(train and list(train), root=0),
-            chainermn.scatter_dataset(test, runtime.comm))
+            chainermn.scatter_dataset(test, runtime.comm, force_equal_length=False))
 
 
 def read_on_root(config, runtime, splits, too_small=None):

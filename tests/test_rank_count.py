@@ -1,0 +1,135 @@
+"""A checkpoint resumes on another rank count that divides its train.chunks, through the
+real launcher and real MPI ranks: the later steps see the uninterrupted run's images and
+lr, and their losses and weights follow it to float tolerance (gradients summed in another
+order); a count that does not divide the chunks is refused in one line."""
+import glob
+import json
+import shutil
+import struct
+
+import numpy
+import pytest
+
+from jobs import TINY
+from launching import run_launcher
+
+pytestmark = pytest.mark.slow
+
+
+def train(root, out, ranks, *overrides):
+    done = run_launcher('launch.train', ['data.root={}'.format(root), 'out={}'.format(out)]
+                        + TINY + list(overrides), ranks=ranks, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert '\x1b' not in done.stdout, 'terminal control codes in a log file'
+    return done
+
+
+@pytest.fixture(scope='module')
+def tree(tiny_sop, tmp_path_factory):
+    """tiny_sop with 23 test images: no rank count from 2 to 22 divides the split."""
+    root = tmp_path_factory.mktemp('odd') / 'sop'
+    shutil.copytree(tiny_sop, root)
+    index = (root / 'Ebay_test.txt').read_text().splitlines()
+    (root / 'Ebay_test.txt').write_text('\n'.join(index[:-1]) + '\n')
+    return root
+
+
+def scalars(out):
+    """{tag: {step: value}} of the TensorBoard event files in ``out`` (TFRecord framing:
+    length, its CRC, an ``Event`` protobuf, its CRC)."""
+    from tensorboardX.proto import event_pb2
+    found = {}
+    for path in glob.glob(str(out / 'events.out.tfevents.*')):
+        with open(path, 'rb') as f:
+            data = f.read()
+        start = 0
+        while start < len(data):
+            length, = struct.unpack('<Q', data[start:start + 8])
+            event = event_pb2.Event.FromString(data[start + 12:start + 12 + length])
+            start += 16 + length
+            for value in event.summary.value:
+                found.setdefault(value.tag, {})[event.step] = value.simple_value
+    return found
+
+
+def log(out):
+    return {entry['iteration']: entry for entry in json.loads((out / 'log').read_text())}
+
+
+def weights(path):
+    with numpy.load(str(path), allow_pickle=False) as f:
+        return {k: f[k] for k in f.files if k.startswith('updater/model:main/')}
+
+
+def assert_follows(straight, resumed, iterations):
+    """The resumed run's log lines and last weights against the uninterrupted run's."""
+    expected, got = log(straight), log(resumed)
+    assert sorted(got) == sorted(expected)
+    for iteration in iterations:
+        want, have = expected[iteration], got[iteration]
+        assert have['epoch'] == want['epoch'] and have['lr'] == want['lr'], iteration
+        for key in ('main/loss', 'main/accuracy'):
+            assert have[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), (iteration, key)
+    last = max(iterations)
+    want = weights(straight / 'snapshot_iter_{}.npz'.format(last))
+    have = weights(resumed / 'snapshot_iter_{}.npz'.format(last))
+    assert want.keys() == have.keys()
+    for key in want:
+        numpy.testing.assert_allclose(have[key], want[key], rtol=1e-3, atol=1e-5, err_msg=key)
+
+
+def test_stop_on_two_ranks_resume_on_one(tree, tmp_path):
+    # 24 images, 2 chunks of 4: 3 global batches per epoch.
+    straight = tmp_path / 'straight'
+    train(tree, straight, 2, 'train.epochs=3', 'train.log_interval=1')
+    resumed = tmp_path / 'resumed'
+    resumed.mkdir()
+    shutil.copy(straight / 'snapshot_iter_3.npz', resumed)
+    done = train(tree, resumed, 1, 'train.epochs=3', 'train.log_interval=1', 'resume=auto')
+    assert 'resumed from {} at iteration 3'.format(resumed / 'snapshot_iter_3.npz') \
+        in done.stdout
+    assert 'on 1 rank;' in done.stdout
+    assert_follows(straight, resumed, range(4, 10))
+
+    # The logged test numbers are sums over the 23 test images, each once: launch.evaluate
+    # on 3 ranks gives the logged accuracy exactly.
+    logged = log(straight)[9]
+    evaluated = tmp_path / 'evaluated'
+    done = run_launcher('launch.evaluate', ['model={}'.format(straight / 'model.npz'),
+                                            'out={}'.format(evaluated),
+                                            'data.root={}'.format(tree)] + TINY, ranks=3)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((evaluated / 'eval.json').read_text())
+    assert result['n'] == 23
+    assert result['top1'] == logged['validation/main/accuracy']
+
+    # Rank 0 wrote the logged numbers as TensorBoard scalars, one point per log line.
+    written = scalars(straight)
+    for key in ('main/loss', 'main/accuracy', 'lr'):
+        assert written[key] == pytest.approx({i: e[key] for i, e in log(straight).items()},
+                                             rel=1e-6), key
+    assert written['validation/main/accuracy'] == pytest.approx(
+        {i: e['validation/main/accuracy'] for i, e in log(straight).items()
+         if 'validation/main/accuracy' in e}, rel=1e-6)
+    assert sorted(written['images_per_sec']) == list(range(1, 10))
+    assert all(value > 0 for value in written['images_per_sec'].values())
+
+
+def test_stop_four_chunks_on_four_ranks_resume_on_two_and_refuse_three(tree, tmp_path):
+    # 4 chunks of 2 (4 ranks on 2 cores: oversubscribed), 3 global batches per epoch.
+    straight = tmp_path / 'straight'
+    args = ['train.batch_size=2', 'train.epochs=2', 'train.log_interval=1']
+    train(tree, straight, 4, *args)
+    resumed = tmp_path / 'resumed'
+    resumed.mkdir()
+    shutil.copy(straight / 'snapshot_iter_3.npz', resumed)
+    refused = run_launcher('launch.train', ['data.root={}'.format(tree),
+                                            'out={}'.format(resumed), 'resume=auto']
+                           + TINY + args, ranks=3, timeout=300)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    errors = [line for line in refused.stderr.splitlines() if line.startswith('error:')]
+    assert errors == ['error: the run has 4 chunks per global batch (train.chunks), which 3 '
+                      'rank(s) cannot share; run it on 1, 2, 4 ranks, or start afresh in '
+                      'another out folder'], refused.stderr[-3000:]
+    train(tree, resumed, 2, *args, 'resume=auto')
+    assert_follows(straight, resumed, range(4, 7))
