@@ -149,7 +149,7 @@ class TrainConfig:
     """Iterations between log lines (0: once per epoch), and one at the end; the plots have
     a point per log line."""
     seed: int = 0
-    """Seed for data scattering, augmentation and weight initialisation (0..2147483647)."""
+    """Seed for the image order, augmentation and weight initialisation (0..2147483647)."""
     progress: bool = True
     """Show a progress bar on rank 0."""
     dtype: str = 'float32'
@@ -221,8 +221,8 @@ NON_NEGATIVE = ('optimizer.lr', 'optimizer.momentum', 'optimizer.weight_decay',
                 'optimizer.warmup_epochs', 'optimizer.decay_factor', 'train.eval_batch_size',
                 'train.log_interval', 'train.chunks', 'train.stall_timeout',
                 'train.startup_timeout', 'checkpoint.interval')
-# Each rank seeds NumPy's RandomState with seed + rank, which must stay below 2**32: this
-# leaves room for 2**31 ranks.
+# The weights' initialisation seeds NumPy's RandomState, which takes seeds below 2**32;
+# the stream's orders and augmentations take any (SeedSequence). The bound is kept.
 MAX_SEED = 2 ** 31 - 1
 # The watchdog's deadlines must fit the platform's clock (Python refuses waits past
 # 292 years); a year is longer than any run, and 0 turns a watchdog off.
