@@ -198,6 +198,17 @@ class Frontend:
         self.fe.set_stream(handle, self.stream())
         return handle
 
+    def describe_graph(self, dtype, describe, handle=None):
+        """``(graph, tensors by role)``: a fresh graph of the frontend, ``dtype`` in and out
+        and float32 inside, described by ``describe``. Describing needs neither cuDNN's
+        library nor a GPU (tests/test_cudnn_frontend.py drives it on the CPU); validating
+        and building the graph (``graph``) need both, and ``handle``."""
+        fe = self.fe
+        graph = fe.pygraph(io_data_type=self._data_type(dtype),
+                           intermediate_data_type=fe.data_type.FLOAT,
+                           compute_data_type=fe.data_type.FLOAT, handle=handle)
+        return graph, describe(graph)
+
     def graph(self, key, dtype, describe):
         """The built graph of ``key``, or None when cuDNN declines it (remembered).
 
@@ -213,10 +224,7 @@ class Frontend:
         start = time.perf_counter()
         fe = self.fe
         try:
-            graph = fe.pygraph(io_data_type=self._data_type(dtype),
-                               intermediate_data_type=fe.data_type.FLOAT,
-                               compute_data_type=fe.data_type.FLOAT, handle=self.handle())
-            tensors = describe(graph)
+            graph, tensors = self.describe_graph(dtype, describe, handle=self.handle())
             graph.validate()
             graph.build_operation_graph()
             graph.create_execution_plans([fe.heur_mode.A, fe.heur_mode.FALLBACK])
