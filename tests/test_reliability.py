@@ -31,22 +31,28 @@ def tree(tiny_sop):
 
 
 def arrays(path):
-    """The checkpoint's weights and momentum (shared by the ranks) and each rank's own
-    BatchNorm statistics (``ranks/<r>/persistent/...``)."""
+    """The checkpoint's weights, momentum and BatchNorm statistics (averaged over the
+    ranks before the write): the model and the optimizer."""
     with numpy.load(str(path), allow_pickle=False) as f:
         return {k: f[k] for k in f.files if k.startswith(
-            ('updater/model:main/', 'updater/optimizer:main/')) or (
-                k.startswith('ranks/') and '/persistent/' in k)}
+            ('updater/model:main/', 'updater/optimizer:main/'))}
 
 
 def assert_same_weights(expected_path, got_path):
+    """Weights and momentum bitwise; the running statistics to float tolerance: they are
+    averaged over the ranks at each checkpoint, which a stop adds (the same mean, summed
+    in another order)."""
     expected, got = arrays(expected_path), arrays(got_path)
     assert expected.keys() == got.keys()
     assert any('/v' in k for k in expected), 'momentum missing from the checkpoint'
-    rank1 = [k for k in expected if k.startswith('ranks/1/persistent/') and 'avg_mean' in k]
-    assert rank1, 'rank 1\'s BatchNorm statistics missing from the checkpoint'
+    statistics = [k for k in expected if k.endswith(('/avg_mean', '/avg_var'))]
+    assert statistics, 'BatchNorm statistics missing from the checkpoint'
     for key in expected:
-        numpy.testing.assert_array_equal(expected[key], got[key], err_msg=key)
+        if key in statistics:
+            numpy.testing.assert_allclose(got[key], expected[key], rtol=1e-5, atol=1e-7,
+                                          err_msg=key)
+        else:
+            numpy.testing.assert_array_equal(expected[key], got[key], err_msg=key)
 
 
 @pytest.fixture(scope='module')
@@ -113,8 +119,8 @@ def test_sigterm_to_mpiexec_then_sigint_to_one_rank_then_resume_is_exact(
     assert_stopped_by(signal.SIGINT, code, output)
     assert seconds < DEADLINE
 
-    # 3. Resume to the end: the same weights, momentum and every rank's BatchNorm
-    # statistics as the uninterrupted run.
+    # 3. Resume to the end: the same weights, momentum and BatchNorm statistics as the
+    # uninterrupted run.
     code, output = finish(train(tree, tmp_path, 'train.epochs=3', 'resume=auto'))
     assert code == 0, output
     assert 'resumed from' in output
