@@ -489,7 +489,9 @@ def fit(path, saved, record, ranks):
     Raises ``CheckpointError`` (one line) for a change that alters what the checkpoint
     means: a rank count that does not divide its ``train.chunks``, the train split's
     content, a key of ``REFUSED``."""
-    refusal = rank_count_refusal(_flat(saved['config']).get('train.chunks'), ranks)
+    refusal = rank_count_refusal(_flat(saved['config']).get('train.chunks'), ranks,
+                                 _flat(record['config']).get('train.batch_size'),
+                                 _flat(record['config']).get('train.split_chunks'))
     if refusal:
         raise CheckpointError('checkpoint {}: {}'.format(path, refusal))
     old, new = _flat(saved['config']), _flat(record['config'])
@@ -512,16 +514,23 @@ def fit(path, saved, record, ranks):
 _MISSING = object()
 
 
-def rank_count_refusal(chunks, ranks):
+def rank_count_refusal(chunks, ranks, batch_size=None, split_chunks=False):
     """Why a run of ``chunks`` chunks per global batch cannot go on ``ranks`` ranks (one
     line naming the counts that can), or None. A rank takes ``chunks / ranks`` whole
-    chunks; more ranks than chunks would split chunks into other BatchNorm groups."""
+    chunks; more ranks than chunks split chunks into other BatchNorm groups, which only
+    ``split_chunks`` allows (``stream.parts_of_rank``)."""
     if chunks and chunks % ranks == 0:
+        return None
+    splits = chunks and ranks > chunks and ranks % chunks == 0 and batch_size and \
+        batch_size % (ranks // chunks) == 0
+    if splits and split_chunks:
         return None
     works = [n for n in range(1, (chunks or 0) + 1) if chunks % n == 0]
     return ('the run has {} chunks per global batch (train.chunks), which {} rank(s) '
-            'cannot share; run it on {} ranks, or start afresh in another out '
-            'folder'.format(chunks, ranks, ', '.join(map(str, works)) or 'as many'))
+            'cannot share; run it on {} ranks{}, or start afresh in another out '
+            'folder'.format(chunks, ranks, ', '.join(map(str, works)) or 'as many',
+                            ' (or split each chunk in {} with train.split_chunks=true)'.format(
+                                ranks // chunks) if splits else ''))
 
 
 def run_chunks(config, comm, is_root):
@@ -532,7 +541,8 @@ def run_chunks(config, comm, is_root):
     chunks = error = None
     if is_root:
         chunks = config.train.chunks or _saved_chunks(config.resume, config.out) or comm.size
-        error = rank_count_refusal(chunks, comm.size)
+        error = rank_count_refusal(chunks, comm.size, config.train.batch_size,
+                                   config.train.split_chunks)
     chunks, error = comm.mpi_comm.bcast((chunks, error), root=0)
     if error:
         raise CheckpointError(error)

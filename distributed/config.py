@@ -139,6 +139,10 @@ class TrainConfig:
     """Chunks per global batch: the number of workers of the recipe (lr scaling, warm-up),
     fixed for the run; 0: the rank count at the start (a resume keeps the checkpoint's).
     A run on fewer ranks, dividing it, accumulates chunks per rank."""
+    split_chunks: bool = False
+    """On more ranks than train.chunks (a multiple of it, dividing batch_size): split each
+    chunk over ranks; BatchNorm then normalises the parts, so the run follows the
+    train.chunks-rank one to a tolerance only. false: such a rank count is refused."""
     epochs: float = 90.0
     """Training length in epochs of the training split."""
     eval_batch_size: int = 0

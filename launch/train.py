@@ -25,6 +25,12 @@ def train(config, stop_signal):
     if runtime.is_root:
         print(describe_runtime(runtime), flush=True)
     chunks = run_chunks(config, runtime.comm, runtime.is_root)
+    if runtime.is_root and runtime.size > chunks:
+        print('train.split_chunks: {} ranks split each of the {} chunks in {} parts of {} '
+              'images; BatchNorm normalises the parts, so this run follows a {}-rank one to '
+              'a tolerance only'.format(runtime.size, chunks, runtime.size // chunks,
+                                        config.train.batch_size * chunks // runtime.size,
+                                        chunks), flush=True)
     seed_random_state(config.train.seed)  # reproducible weights (rank 0's are broadcast)
     model = create_model(config.model.arch, zero_gamma=config.model.zero_gamma)
     train_set, test_set = create_datasets(config, runtime, chunks)

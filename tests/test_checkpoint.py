@@ -229,7 +229,7 @@ def test_resume_with_a_foreign_file_is_a_clear_error(tmp_path):
 
 
 def test_a_rank_count_that_does_not_divide_the_chunks_is_refused_in_one_line():
-    for chunks, ranks, works in ((4, 3, '1, 2, 4'), (2, 4, '1, 2'), (6, 4, '1, 2, 3, 6')):
+    for chunks, ranks, works in ((4, 3, '1, 2, 4'), (2, 3, '1, 2'), (6, 4, '1, 2, 3, 6')):
         saved = record(2, 'train.chunks={}'.format(chunks))
         with pytest.raises(checkpoint.CheckpointError) as refused:
             checkpoint.fit('c.npz', saved, saved, ranks)
@@ -241,6 +241,20 @@ def test_a_rank_count_that_does_not_divide_the_chunks_is_refused_in_one_line():
     saved = record(4, 'train.chunks=4')
     assert checkpoint.fit('c.npz', saved, record(1, 'train.chunks=4'), 1) == []
     assert checkpoint.fit('c.npz', saved, saved, 2) == []
+    # More ranks than chunks: only when asked for, and when they split every chunk evenly.
+    saved = record(2, 'train.chunks=2', 'train.batch_size=4')
+    with pytest.raises(checkpoint.CheckpointError) as refused:
+        checkpoint.fit('c.npz', saved, saved, 4)
+    assert str(refused.value) == (
+        'checkpoint c.npz: the run has 2 chunks per global batch (train.chunks), which 4 '
+        'rank(s) cannot share; run it on 1, 2 ranks (or split each chunk in 2 with '
+        'train.split_chunks=true), or start afresh in another out folder')
+    split = record(4, 'train.chunks=2', 'train.batch_size=4', 'train.split_chunks=true')
+    assert checkpoint.fit('c.npz', saved, split, 4) == [
+        'changed on resume: train.split_chunks false -> true']
+    with pytest.raises(checkpoint.CheckpointError, match=r'which 6 rank\(s\) cannot share; '
+                       'run it on 1, 2 ranks, or start'):
+        checkpoint.fit('c.npz', saved, split, 6)  # 4 images in 3 parts
 
 
 def text_array(value):

@@ -115,6 +115,24 @@ def test_stop_on_two_ranks_resume_on_one(tree, tmp_path):
     assert all(value > 0 for value in written['images_per_sec'].values())
 
 
+def test_more_ranks_than_chunks_only_when_asked_and_said(tree, tmp_path):
+    # 2 chunks of 4 on 4 ranks: refused, then split in parts of 2 images when asked.
+    first = tmp_path / 'first'
+    train(tree, first, 2, 'train.epochs=1')
+    args = ['data.root={}'.format(tree), 'out={}'.format(first), 'train.epochs=2',
+            'train.log_interval=1', 'resume=auto'] + TINY
+    refused = run_launcher('launch.train', args, ranks=4, timeout=300)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert 'which 4 rank(s) cannot share; run it on 1, 2 ranks (or split each chunk in 2 ' \
+        'with train.split_chunks=true)' in refused.stderr
+    done = train(tree, first, 4, 'train.epochs=2', 'train.log_interval=1', 'resume=auto',
+                 'train.split_chunks=true')
+    assert ('train.split_chunks: 4 ranks split each of the 2 chunks in 2 parts of 2 images; '
+            'BatchNorm normalises the parts') in done.stdout
+    assert sorted(log(first)) == [3, 4, 5, 6]
+    assert {entry['lr'] for entry in log(first).values()} == {0.02}  # 2 x 0.01, still
+
+
 def test_stop_four_chunks_on_four_ranks_resume_on_two_and_refuse_three(tree, tmp_path):
     # 4 chunks of 2 (4 ranks on 2 cores: oversubscribed), 3 global batches per epoch.
     straight = tmp_path / 'straight'

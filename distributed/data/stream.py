@@ -60,13 +60,21 @@ class StreamExamples(chainer.dataset.DatasetMixin):
         return dict(self.__dict__, _orders={})
 
 
-def chunks_of_rank(chunks, ranks, rank):
-    """The chunks of every global batch that ``rank`` of ``ranks`` computes (a range).
-    Raises ``ValueError`` when ``ranks`` does not divide ``chunks``."""
-    if chunks % ranks:
-        raise ValueError('{} ranks do not divide {} chunks'.format(ranks, chunks))
-    per_rank = chunks // ranks
-    return range(rank * per_rank, (rank + 1) * per_rank)
+def parts_of_rank(chunks, batch_size, ranks, rank):
+    """What ``rank`` of ``ranks`` computes of every global batch: a list of ``(chunk,
+    first image in it, images)``. Up to ``chunks`` ranks (dividing it) each takes whole
+    chunks; more ranks (a multiple of ``chunks``, and dividing each chunk's
+    ``batch_size`` images: ``train.split_chunks``) each take an equal part of one chunk,
+    which BatchNorm then normalises on its own. Raises ``ValueError`` for other counts."""
+    if chunks % ranks == 0:
+        per_rank = chunks // ranks
+        return [(k, 0, batch_size) for k in range(rank * per_rank, (rank + 1) * per_rank)]
+    split, rest = divmod(ranks, chunks)
+    if rest or batch_size % split:
+        raise ValueError('{} ranks cannot share {} chunks of {} images'.format(
+            ranks, chunks, batch_size))
+    size = batch_size // split
+    return [(rank // split, rank % split * size, size)]
 
 
 _worker_examples = None
@@ -84,7 +92,8 @@ def _load(position):
 
 class ChunkIterator(chainer.dataset.Iterator):
     """This rank's chunks of the stream's global batches: ``next()`` returns a list of
-    chunks (each a list of ``batch_size`` examples of ``examples``, a ``StreamExamples``
+    chunks (each a list of ``batch_size`` examples, or of a part of a chunk on more ranks
+    than chunks, of ``examples``, a ``StreamExamples``
     wrapped as the loader decodes it), the rank's part of one global batch.
 
     Its state is the global position alone (global batches done), the same on every rank;
@@ -100,7 +109,7 @@ class ChunkIterator(chainer.dataset.Iterator):
         self.images = images
         self.batch_size = batch_size
         self.chunks = chunks
-        self.mine = chunks_of_rank(chunks, ranks, rank)
+        self.mine = parts_of_rank(chunks, batch_size, ranks, rank)
         self.batches = 0
         self.is_new_epoch = False
         self._workers = workers
@@ -132,11 +141,12 @@ class ChunkIterator(chainer.dataset.Iterator):
         return self.batches * self.global_batch % self.images
 
     def positions(self, batch):
-        """The stream positions of this rank's chunks of global batch ``batch``: a list of
-        chunks, each a list of ``batch_size`` positions."""
+        """The stream positions of this rank's chunks (or part of a chunk) of global batch
+        ``batch``: a list of lists of positions."""
         start = batch * self.global_batch
-        return [list(range(start + k * self.batch_size, start + (k + 1) * self.batch_size))
-                for k in self.mine]
+        return [list(range(start + k * self.batch_size + first,
+                           start + k * self.batch_size + first + size))
+                for k, first, size in self.mine]
 
     def _fetch(self, batch):
         flat = [p for chunk in self.positions(batch) for p in chunk]
@@ -156,8 +166,8 @@ class ChunkIterator(chainer.dataset.Iterator):
         loaded = self._fetch(self.batches)
         self.batches += 1
         self.is_new_epoch = self.epoch > epoch
-        b = self.batch_size
-        return [loaded[i:i + b] for i in range(0, len(loaded), b)]
+        size = self.mine[0][2]
+        return [loaded[i:i + size] for i in range(0, len(loaded), size)]
 
     next = __next__
 

@@ -8,7 +8,7 @@ import sys
 import numpy
 import pytest
 
-from distributed.data.stream import ChunkIterator, chunks_of_rank, permutation
+from distributed.data.stream import ChunkIterator, parts_of_rank, permutation
 from launching import MPIEXEC, REPO
 
 PROBE = os.path.join(REPO, 'tests', 'stream_probe.py')
@@ -43,8 +43,16 @@ def test_every_epoch_is_the_whole_split_and_chunks_do_not_depend_on_the_rank_cou
     assert it.epoch == 4 and it.epoch_detail == 4.0 and it.is_new_epoch
     assert sorted(permutation(5, 3, images)) == list(range(images))
     assert list(permutation(5, 3, images)) != list(permutation(5, 4, images))
-    with pytest.raises(ValueError, match='3 ranks do not divide 4 chunks'):
-        chunks_of_rank(4, 3, 0)
+    # More ranks than chunks (train.split_chunks): each computes an equal part of one.
+    split, _ = stream(images, batch, chunks, 8, 5)
+    assert [[p for part in chunks_ for p in part] for chunks_ in split] == [
+        [p for chunk in chunks_ for p in chunk] for chunks_ in one]
+    assert parts_of_rank(2, 4, 4, 3) == [(1, 2, 2)]
+    for ranks in (3, 6):
+        with pytest.raises(ValueError, match='{} ranks cannot share 4 chunks'.format(ranks)):
+            parts_of_rank(4, 2, ranks, 0)
+    with pytest.raises(ValueError, match='12 ranks cannot share 4 chunks of 2 images'):
+        parts_of_rank(4, 2, 12, 0)
 
 
 def probe(what, ranks, out, *overrides):
