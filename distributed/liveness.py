@@ -40,9 +40,10 @@ class StopSignal:
     The same stop often arrives more than once: ``pkill -f launch.train`` signals mpiexec,
     which passes it on, and the rank itself; a scheduler signals every process and the
     batch script passes it on too. Signals within ``repeat_window`` seconds of the first
-    count as that one stop. A stop signal after that (either kind) ends the process at
-    once with exit status 128 + its number: a user pressing Ctrl-C again, or a scheduler
-    insisting.
+    count as that one stop. A stop signal after that (either kind) ends the job at once
+    with exit status 128 + its number (``end_job``: ``MPI_Abort``, so that the launcher
+    ends at once too): a user pressing Ctrl-C again, a scheduler insisting, or
+    scripts/hydra_ssh ending a job that lost a host.
 
     Python runs a signal handler only when the main thread is between bytecodes, not
     while it waits inside MPI (an allreduce waiting for a stopped peer can wait for ever).
@@ -103,7 +104,7 @@ class StopSignal:
                           'without a checkpoint (those written before are intact)\n'.format(
                               rank_from_environment(), signal.Signals(signum).name, seconds))
         self.stream.flush()
-        os._exit(128 + signum)
+        end_job(128 + signum)
 
 
 @contextlib.contextmanager

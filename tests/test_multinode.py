@@ -320,7 +320,11 @@ def test_a_host_off_the_network_ends_the_job_within_the_keepalive(
     code, output = job.finish(timeout=stall + DEADLINE)
     seconds = time.monotonic() - cut
     record_property('link_down_' + phase, (code, round(seconds, 1)))
-    assert code != 0 and seconds < KEEPALIVE + DEADLINE, (code, seconds, output)
+    # 130: the ranks here aborted the job at scripts/hydra_ssh's second SIGINT; SIGKILL: it
+    # killed mpiexec where they could not (in MPI's start-up; -9 here, mpiexec being this
+    # process's child; 137 in a shell). Hydra's own Ctrl-C ending gave 0 or 255.
+    assert code in (130, -signal.SIGKILL), (code, output)
+    assert seconds < KEEPALIVE + DEADLINE, (seconds, output)
     lost = [line for line in output.splitlines() if 'sop-n2 lost' in line]
     assert len(lost) == 1 and lost[0].startswith('error: host sop-n2 lost'), output
     # sop-n2's ranks end by their own watchdogs (the fallback's 30 s after the start-up
