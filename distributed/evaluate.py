@@ -1,8 +1,12 @@
-"""Testing a trained model: exact top-k counts and a confusion matrix summed over all ranks.
+"""Testing a trained model: exact top-k counts, a confusion matrix and the summed loss
+over all ranks.
 
 Every rank counts its shard of the split; one integer allreduce makes the totals, so any
 number of ranks gives exactly the numbers of a single process, uneven shards included.
-Rank 0 prints the report and writes ``eval.json`` and ``confusion.png`` into ``out``.
+The softmax cross-entropy is summed per rank in float64 and allreduced as the trainer's
+per-epoch evaluation sums it, so the mean loss agrees with the logged one to float
+tolerance. Rank 0 prints the report and writes ``eval.json`` and ``confusion.png`` into
+``out``.
 """
 import dataclasses
 import json
@@ -11,6 +15,7 @@ import os
 import sys
 
 import chainer
+import chainer.functions as F
 import chainermn
 import numpy
 
@@ -95,12 +100,28 @@ def topk_hits(scores, labels, k):
     return (top == labels[:, None]).any(axis=1)
 
 
+def softmax_cross_entropy_sum(scores, labels):
+    """The softmax cross-entropy of each row of ``scores`` against its label, summed.
+
+    ``scores``: (batch, classes) unnormalised scores, any float dtype (cast to float32, as
+    training's loss is); ``labels``: (batch,) integer class ids; both NumPy or both CuPy
+    arrays (or chainer Variables). Returns a Python float in nats, each image's loss computed
+    in float32 and the sum taken in float64, so that sums over batches and ranks, divided by
+    the image count, are the split's mean loss to float tolerance whatever the batching.
+    Raises chainer's ``InvalidType`` for mismatched shapes or a non-integer ``labels``.
+    """
+    loss = F.softmax_cross_entropy(F.cast(scores, numpy.float32), labels, reduce='no').array
+    return float(loss.sum(dtype=numpy.float64))
+
+
 @dataclasses.dataclass
 class Counts:
     confusion: numpy.ndarray
     """(classes, classes) int64: rows are true classes, columns top-1 predictions."""
     hits: numpy.ndarray
     """(len(TOP_K), classes) int64: images of each true class whose label is in the top k."""
+    loss: float = 0.0
+    """The images' softmax cross-entropy summed (``softmax_cross_entropy_sum``), nats."""
 
     @classmethod
     def zeros(cls, n_class):
@@ -109,6 +130,7 @@ class Counts:
 
     def add(self, scores, labels):
         scores, labels = numpy.asarray(scores), numpy.asarray(labels, dtype=numpy.int64)
+        self.loss += softmax_cross_entropy_sum(scores, labels)
         top1 = numpy.argsort(-scores, axis=1, kind='stable')[:, 0]
         numpy.add.at(self.confusion, (labels, top1), 1)
         for row, k in zip(self.hits, TOP_K):
@@ -116,16 +138,19 @@ class Counts:
 
 
 def allreduce_counts(counts, comm):
-    """The sum of every rank's counts, in one allreduce of integers (exact)."""
+    """The sum of every rank's counts, in one allreduce of integers (exact), and of their
+    losses, in one of a float64 (exact but for the order of the ranks' sums)."""
     flat = numpy.concatenate([counts.confusion.ravel(), counts.hits.ravel()])
     total = comm.mpi_comm.allreduce(flat)
     n = counts.confusion.size
     return Counts(total[:n].reshape(counts.confusion.shape),
-                  total[n:].reshape(counts.hits.shape))
+                  total[n:].reshape(counts.hits.shape),
+                  float(comm.mpi_comm.allreduce(numpy.float64(counts.loss))))
 
 
 def summarize(counts, names=sop.SUPER_CLASS_NAMES):
-    """The ``eval.json`` content: ``n``, ``top1``, ``top5``, ``per_class``, ``confusion``."""
+    """The ``eval.json`` content: ``n``, ``top1``, ``top5``, ``loss`` (the mean softmax
+    cross-entropy over the images, nats), ``per_class``, ``confusion``."""
     n = int(counts.confusion.sum())
     totals = counts.hits.sum(axis=1)
     per_class = []
@@ -138,17 +163,20 @@ def summarize(counts, names=sop.SUPER_CLASS_NAMES):
     result = {'n': n}
     for k, total in zip(TOP_K, totals):
         result['top{}'.format(k)] = int(total) / n if n else None
+    result['loss'] = counts.loss / n if n else None
     result['per_class'] = per_class
     result['confusion'] = counts.confusion.tolist()
     return result
 
 
 def format_report(result, split='test'):
-    """The console table: overall top-1 / top-5, then accuracy and count per super-class."""
+    """The console table: overall top-1 / top-5 and mean loss, then accuracy and count per
+    super-class."""
     def pct(v):
         return '   -  ' if v is None else '{:6.1%}'.format(v)
-    lines = ['{} split: {} images, top-1 {}, top-5 {}'.format(
-        split, result['n'], pct(result['top1']).strip(), pct(result['top5']).strip()),
+    lines = ['{} split: {} images, top-1 {}, top-5 {}, loss {}'.format(
+        split, result['n'], pct(result['top1']).strip(), pct(result['top5']).strip(),
+        '-' if result['loss'] is None else '{:.4f}'.format(result['loss'])),
         '  {:>2}  {:<14}{:>8}{:>8}{:>7}'.format('id', 'super-class', 'top-1', 'top-5', 'count')]
     for row in result['per_class']:
         lines.append('  {:>2}  {:<14}{:>8}{:>8}{:>7}'.format(
@@ -238,7 +266,8 @@ def count_shard(model, dataset, config, device, progress=None):
 
 
 def evaluate(config, runtime):
-    """Top-k accuracy, per-class table and confusion of the whole split, on every rank.
+    """Top-k accuracy, mean loss, per-class table and confusion of the whole split, on every
+    rank.
 
     Rank 0 shows progress and writes ``eval.json`` and ``confusion.png`` into ``out``.
     """

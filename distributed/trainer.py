@@ -6,7 +6,6 @@ import socket
 import sys
 
 import chainer
-import chainer.functions as F
 import yaml
 from chainer.training import extensions
 import numpy
@@ -15,6 +14,7 @@ from distributed import checkpoint, liveness, threads
 from distributed.comm import loss_function
 from distributed.config import to_dict
 from distributed.data import unreadable_report
+from distributed.evaluate import softmax_cross_entropy_sum
 from distributed.optim import schedule_extension
 from distributed.model import mean_of
 from distributed.runtime import InputConverter, naming
@@ -191,10 +191,11 @@ class SplitEvaluation(chainer.training.Extension):
     and counts over every image of the split once, one allreduce, then divided.
 
     Each rank runs its shard (shards of unequal length, no image repeated: ``data``) in
-    test mode; the loss is the softmax cross-entropy summed per image in float64, the
+    test mode; the loss is the softmax cross-entropy summed per image in float64
+    (``evaluate.softmax_cross_entropy_sum``, which ``launch.evaluate`` sums too), the
     accuracy the count of images whose highest score (the first, on ties) is their label.
-    So the accuracy is ``launch.evaluate``'s top-1 exactly, at any rank count and eval
-    batch size, and the loss the mean over images to float tolerance. (ChainerMN's
+    So the accuracy is ``launch.evaluate``'s top-1 exactly and the loss its mean loss to
+    float tolerance, at any rank count and eval batch size. (ChainerMN's
     multi-node evaluator logs the mean of the ranks' means of batch means over shards made
     equal by repeating images.) Unreadable images are None in the shard and not counted.
     """
@@ -217,10 +218,9 @@ class SplitEvaluation(chainer.training.Extension):
                 if not batch:
                     continue
                 x, t = self._converter(batch, self._device)
-                y = F.cast(self._model.predictor(x), numpy.float32)
-                loss = F.softmax_cross_entropy(y, t, reduce='no').array
+                y = self._model.predictor(x)
                 hits = y.array.argmax(axis=1) == t
-                sums += [float(loss.sum(dtype=numpy.float64)), int(hits.sum()), len(batch)]
+                sums += [softmax_cross_entropy_sum(y, t), int(hits.sum()), len(batch)]
         loss, correct, images = self._comm.mpi_comm.allreduce(sums)
         if images:
             chainer.report({'validation/main/loss': loss / images,

@@ -57,8 +57,13 @@ def test_counts_and_summary_by_hand():
     expected[1, 1] = expected[5, 0] = expected[1, 0] = expected[4, 4] = 1
     assert counts.confusion.tolist() == expected.tolist()
     assert counts.hits.tolist() == [[0, 1, 0, 0, 1, 0], [0, 2, 0, 0, 1, 0]]
+    # Each row's cross-entropy is log(sum(exp(scores))) - the label's score.
+    by_hand = numpy.log(numpy.exp(SCORES.astype(numpy.float64)).sum(axis=1)) \
+        - SCORES[numpy.arange(4), LABELS]
+    assert counts.loss == pytest.approx(by_hand.sum(), rel=1e-6)
     result = summarize(counts, names='abcdef')
     assert (result['n'], result['top1'], result['top5']) == (4, 0.5, 0.75)
+    assert result['loss'] == pytest.approx(by_hand.mean(), rel=1e-6)
     assert result['per_class'][1] == {'id': 1, 'name': 'b', 'count': 2, 'correct': 1,
                                       'accuracy': 0.5, 'top5': 1.0}
     assert result['per_class'][0]['count'] == 0 and result['per_class'][0]['accuracy'] is None
@@ -82,6 +87,7 @@ def test_allreduce_sums_every_ranks_counts_exactly(world):
     total = allreduce_counts(mine, comm)
     assert total.confusion.tolist() == everyone.confusion.tolist()
     assert total.hits.tolist() == everyone.hits.tolist()
+    assert total.loss == pytest.approx(everyone.loss, rel=1e-12)
     assert total.confusion.sum() == sum(range(1, comm.size + 1))
 
 
@@ -195,7 +201,9 @@ def test_two_ranks_give_exactly_the_numbers_of_one(uneven_sop, model_file, tmp_p
     one = results[1]
     assert one['n'] == 17 and sum(map(sum, one['confusion'])) == 17
     assert [row['name'] for row in one['per_class']] == list(SUPER_CLASS_NAMES)
-    assert {'top1', 'top5', 'per_class', 'confusion', 'n'} <= set(one)
+    assert {'top1', 'top5', 'loss', 'per_class', 'confusion', 'n'} <= set(one)
+    # The counts are exact; the loss is summed in other groups on 2 ranks.
+    assert results[2].pop('loss') == pytest.approx(one.pop('loss'), rel=1e-5)
     assert results[2] == one
 
 

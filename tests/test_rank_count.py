@@ -92,7 +92,8 @@ def test_stop_on_two_ranks_resume_on_one(tree, tmp_path):
     assert_follows(straight, resumed, range(4, 10))
 
     # The logged test numbers are sums over the 23 test images, each once: launch.evaluate
-    # on 3 ranks gives the logged accuracy exactly.
+    # on 3 ranks gives the logged accuracy exactly and the logged loss to float tolerance
+    # (the images' losses summed in other groups).
     logged = log(straight)[9]
     evaluated = tmp_path / 'evaluated'
     done = run_launcher('launch.evaluate', ['model={}'.format(straight / 'model.npz'),
@@ -102,6 +103,8 @@ def test_stop_on_two_ranks_resume_on_one(tree, tmp_path):
     result = json.loads((evaluated / 'eval.json').read_text())
     assert result['n'] == 23
     assert result['top1'] == logged['validation/main/accuracy']
+    assert result['loss'] == pytest.approx(logged['validation/main/loss'], rel=1e-5)
+    assert 'loss {:.4f}'.format(result['loss']) in done.stdout
 
     # Rank 0 wrote the logged numbers as TensorBoard scalars, one point per log line.
     written = scalars(straight)
