@@ -1,7 +1,9 @@
-"""Test a trained model on an SOP split: top-1, top-5, per-super-class accuracy, confusion.
+"""Test a trained model on an SOP split: top-1, top-5, mean loss, per-super-class accuracy,
+confusion.
 
 ``[mpiexec -n N] python -m launch.evaluate -c FILE model=PATH [split=train] [key=value ...]``
-Any number of ranks gives exactly the numbers of one process. Rank 0 prints the table and
+Any number of ranks gives exactly the counts of one process, and its mean loss to float
+tolerance. Rank 0 prints the table and
 writes ``out/eval.json`` and ``out/confusion.png``. Images are decoded as training's
 evaluation decodes them; an undecodable file is handled as data.on_bad_image says (with
 'skip' it is named and not counted).
