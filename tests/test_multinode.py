@@ -44,8 +44,9 @@ def _bed_down():
     """Why no test can run here, or None."""
     if os.geteuid() != 0:
         return 'not root (the tests enter the test hosts\' namespaces)'
-    if not os.path.exists(os.path.join(BED, 'hosts')):
-        return 'no test bed ({} missing)'.format(os.path.join(BED, 'hosts'))
+    started = os.path.join(BED, 'started')
+    if not (os.path.exists(started) and os.path.getsize(started)):
+        return 'no test bed is up (no {})'.format(started)
     try:
         done = subprocess.run([ON, 'sop-n1', SSH, 'sop-n2', 'hostname'], capture_output=True,
                               text=True, timeout=30)
