@@ -375,3 +375,47 @@ def test_sigterm_to_mpiexec_with_ranks_on_both_hosts_checkpoints_once(bed, tiny_
     assert len(after) == len(before) + 1 or after[-1] not in before, (before, after, output)
     assert_intact(after)
     assert left_behind(job.hosts, grace=DEADLINE) == {}
+
+
+def test_a_host_lost_after_a_checkpoint_resumes_on_the_surviving_host(bed, tiny_sop, tmp_path,
+                                                                      record_property):
+    # A node is lost: every process on sop-n2 killed once the first checkpoint is written
+    # (the job ends, Hydra naming the host). The run goes on with one rank on sop-n1, which
+    # holds out: train.chunks stays 2 (the checkpoint's), that rank accumulates both chunks,
+    # and every later step sees the uninterrupted run's images and lr (24 images, 2 chunks
+    # of 4: 3 global batches per epoch, a checkpoint at each epoch's end).
+    from test_rank_count import assert_follows, train
+    overrides = ('train.epochs=3', 'train.log_interval=1')
+    out = os.path.join(bed, 'out')
+    job = Job(train_args(tiny_sop, out, *overrides))
+    job.wait_for(os.path.join(out, 'snapshot_iter_3.npz'))
+    victims = on_host('sop-n2')
+    assert any('launch.train' in command for command in victims.values()), victims
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    code, output = job.finish(timeout=DEADLINE + 60)
+    assert code != 0, output
+    assert 'runtime: 2 rank(s) on 2 node(s)' in output, output
+    written = checkpoints(out)
+    assert written and written[-1] != os.path.join(out, 'snapshot_iter_9.npz'), output
+    assert_intact(written)
+    assert left_behind(job.hosts, grace=DEADLINE) == {}
+
+    # A plain launch on the surviving host: mpiexec there, one rank.
+    environment = dict(PYTHONPATH=REPO, UCX_TLS='tcp,self', OMP_NUM_THREADS=str(CORES))
+    resumed = subprocess.run(
+        [ON, 'sop-n1', 'env'] + ['{}={}'.format(k, v) for k, v in environment.items()]
+        + [MPIEXEC, '-n', '1', sys.executable, '-m', 'launch.train']
+        + train_args(tiny_sop, out, *overrides, 'resume=auto'),
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    assert 'resumed from {} at iteration'.format(written[-1]) in resumed.stdout, resumed.stdout
+    assert 'on 1 rank;' in resumed.stdout, resumed.stdout
+    assert 'runtime: 1 rank(s) on 1 node(s)' in resumed.stdout, resumed.stdout
+
+    # The uninterrupted run: one rank on this machine accumulating the same 2 chunks.
+    straight = tmp_path / 'straight'
+    train(tiny_sop, straight, 1, 'train.chunks=2', *overrides)
+    first = int(re.findall(r'\d+', os.path.basename(written[-1]))[0])
+    record_property('resumed_at_iteration', first)
+    assert_follows(straight, type(straight)(out), range(first + 1, 10))
