@@ -176,7 +176,8 @@ class CommConfig:
     """ChainerMN communicator name, or 'inplace' (distributed/comm.py); 'auto': 'inplace' on
     the CPU, 'pure_nccl' on GPUs ('flat' where NCCL is missing)."""
     allreduce_dtype: str = 'float32'
-    """Gradient allreduce dtype: 'float32', or 'float16' (needs the pure_nccl communicator)."""
+    """Gradient allreduce dtype: 'float32', or 'float16' (needs the pure_nccl communicator;
+    the loss is then scaled dynamically and a step whose gradients overflow is skipped)."""
 
 
 @dataclasses.dataclass
