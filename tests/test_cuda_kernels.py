@@ -39,6 +39,7 @@ import numpy
 import pytest
 
 from distributed import compat
+from prerequisites import require
 
 CUPY_VERSION = '14.2.0'
 """The CuPy whose private kernel builders these tests drive (requirements-cuda.txt)."""
@@ -68,12 +69,8 @@ def _why_not():
     return None
 
 
-WHY = _why_not()
-if WHY and os.environ.get('REQUIRE_CUDA_CHECK') == '1':  # make cuda-check: run, never skip
-    raise RuntimeError('CUDA checks: {}'.format(WHY))
-if WHY:
-    pytest.skip('CUDA checks: {}; `make cuda-check` installs what they need'.format(WHY),
-                allow_module_level=True)
+require('CUDA checks', _why_not(), 'REQUIRE_CUDA_CHECK',  # make cuda-check sets it
+        '`make cuda-check` installs what they need')
 
 import cupy  # noqa: E402  (only once it is known to be there)
 from cupy._core import _accelerator, _carray, _kernel, _reduction, _scalar, core  # noqa: E402

@@ -32,13 +32,13 @@ agree with the convolution, engine support, numerics) is scripts/cudnn_check.py'
 instead of skipping. In the plain `make test` environment it skips with one line.
 """
 import collections
-import os
 import traceback
 
 import numpy
 import pytest
 
 import distributed  # noqa: F401  (compat shims before chainer)
+from prerequisites import require
 
 FRONTEND_VERSION = '1.32.0'
 """The frontend whose graph builder these tests drive (requirements-cuda.txt); the line
@@ -62,12 +62,8 @@ def _why_not():
     return None
 
 
-WHY = _why_not()
-if WHY and os.environ.get('REQUIRE_CUDA_CHECK') == '1':  # make cuda-check: run, never skip
-    raise RuntimeError('cuDNN frontend checks: {}'.format(WHY))
-if WHY:
-    pytest.skip('cuDNN frontend checks: {}; `make cuda-check` installs it'.format(WHY),
-                allow_module_level=True)
+require('cuDNN frontend checks', _why_not(), 'REQUIRE_CUDA_CHECK',  # make cuda-check
+        '`make cuda-check` installs it')
 
 import chainer  # noqa: E402
 import cudnn as frontend_module  # noqa: E402  (only once it is known to be there)

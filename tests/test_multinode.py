@@ -27,6 +27,7 @@ import pytest
 
 from jobs import TINY
 from launching import MPIEXEC, REPO
+from prerequisites import require
 
 BED = '/var/lib/sop-testbed'
 ON = os.path.join(REPO, 'scripts', 'testbed', 'on')
@@ -58,12 +59,8 @@ def _bed_down():
     return None
 
 
-WHY = _bed_down()
-if WHY and os.environ.get('REQUIRE_MULTINODE') == '1':  # .ci/run: they must run, not skip
-    raise RuntimeError('multinode tests: {}'.format(WHY))
-if WHY:
-    pytest.skip('multinode tests: {}; scripts/testbed/up.sh (root) brings the test hosts '
-                'up'.format(WHY), allow_module_level=True)
+require('multinode tests', _bed_down(), 'REQUIRE_MULTINODE',  # .ci/run sets it
+        'scripts/testbed/up.sh (root) brings the test hosts up')
 
 pytestmark = pytest.mark.multinode
 

@@ -21,6 +21,7 @@ import pytest
 
 from jobs import TINY
 from launching import BIN, REPO
+from prerequisites import require
 
 
 def _cluster_down():
@@ -34,12 +35,8 @@ def _cluster_down():
     return None
 
 
-WHY = _cluster_down()
-if WHY and os.environ.get('REQUIRE_SLURM') == '1':  # .ci/run: they must run, not skip
-    raise RuntimeError('SLURM tests: {}'.format(WHY))
-if WHY:
-    pytest.skip('SLURM tests: {}; scripts/slurm/cluster_up.sh starts a one-node cluster as '
-                'root'.format(WHY), allow_module_level=True)
+require('SLURM tests', _cluster_down(), 'REQUIRE_SLURM',  # .ci/run sets it
+        'scripts/slurm/cluster_up.sh starts a one-node cluster as root')
 
 pytestmark = pytest.mark.slurm
 
