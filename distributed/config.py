@@ -155,7 +155,7 @@ class TrainConfig:
     seed: int = 0
     """Seed for the image order, augmentation and weight initialisation (0..2147483647)."""
     progress: bool = True
-    """Show a progress bar on rank 0."""
+    """Show a progress bar on rank 0 when its output is a terminal (never in a file)."""
     dtype: str = 'float32'
     """'float32', or 'mixed16' (chainer's mixed precision with dynamic loss scaling; for GPUs)."""
     conv_bn: str = 'auto'

@@ -265,7 +265,7 @@ def add_reports(trainer, config, model):
         ['epoch', 'iteration', 'main/loss', 'main/accuracy', 'validation/main/loss',
          'validation/main/accuracy', 'lr', 'elapsed_time'], out=console),
         trigger=log_trigger(train))
-    if config.train.progress:
+    if config.train.progress and sys.stdout.isatty():  # in a file, a bar is only noise
         trainer.extend(extensions.ProgressBar(update_interval=1, out=console))
     trainer.extend(TensorBoardReport(config.out), trigger=log_trigger(train))
     for name in ('loss', 'accuracy'):
@@ -278,34 +278,44 @@ def add_reports(trainer, config, model):
 
 
 class TensorBoardReport(chainer.training.Extension):
-    """Rank 0's logged numbers (``TENSORBOARD_KEYS`` present in the observation, and
-    images/s since the previous point) as TensorBoard scalars, step = iteration, in event
+    """Rank 0's log lines (``TENSORBOARD_KEYS`` in each new entry of LogReport's log, and
+    images/s since the previous line) as TensorBoard scalars, step = iteration, in event
     files in ``out`` (tensorboardX's ``SummaryWriter``), so that ``tensorboard --logdir
-    results`` shows runs side by side. Reads at the log trigger, as LogReport does."""
+    results`` shows runs side by side. It reads LogReport's entries, not the observation of
+    the iteration: an evaluation that ran between two log lines is in the next entry only."""
     priority = chainer.training.PRIORITY_READER
     name = 'tensorboard'
 
     def __init__(self, out):
         self._out = out
         self._writer = None
+        self._written = 0  # how many of LogReport's entries are written
         self._last = None  # (iteration, elapsed time) of the previous point
+
+    def initialize(self, trainer):
+        # At a resume LogReport's log holds the earlier run's lines: they were written then.
+        self._written = len(trainer.get_extension('LogReport').log)
 
     def __call__(self, trainer):
         from tensorboardX import SummaryWriter
+        entries = trainer.get_extension('LogReport').log
+        new, self._written = entries[self._written:], len(entries)
+        if not new:
+            return
         if self._writer is None:
             self._writer = SummaryWriter(self._out)
-        updater = trainer.updater
-        observation = trainer.observation
-        step = updater.iteration
-        for key in TENSORBOARD_KEYS:
-            if key in observation:
-                self._writer.add_scalar(key, float(observation[key]), step)
-        elapsed = trainer.elapsed_time
-        since, started = self._last or (0, 0.0)
-        if elapsed > started and step > since:
-            images = (step - since) * updater.get_iterator('main').global_batch
-            self._writer.add_scalar('images_per_sec', images / (elapsed - started), step)
-        self._last = step, elapsed
+        batch = trainer.updater.get_iterator('main').global_batch
+        for entry in new:
+            step = entry['iteration']
+            for key in TENSORBOARD_KEYS:
+                if key in entry:
+                    self._writer.add_scalar(key, float(entry[key]), step)
+            elapsed = entry['elapsed_time']
+            since, started = self._last or (0, 0.0)
+            if elapsed > started and step > since:
+                self._writer.add_scalar('images_per_sec',
+                                        (step - since) * batch / (elapsed - started), step)
+            self._last = step, elapsed
         self._writer.flush()
 
     def finalize(self):

@@ -154,3 +154,19 @@ def test_stop_four_chunks_on_four_ranks_resume_on_two_and_refuse_three(tree, tmp
                       'another out folder'], refused.stderr[-3000:]
     train(tree, resumed, 2, *args, 'resume=auto')
     assert_follows(straight, resumed, range(4, 7))
+
+
+def test_a_log_file_holds_the_log_lines_alone_and_tensorboard_every_logged_number(tree,
+                                                                                  tmp_path):
+    # 1 rank, 24 images of 4: 6 iterations an epoch, evaluated at 6 and 12, logged every 4.
+    # The evaluation of iteration 6 is in the log line of iteration 8: TensorBoard must have
+    # it there too. The progress bar is asked for, and the output is a file (a pipe).
+    out = tmp_path / 'out'
+    done = train(tree, out, 1, 'train.epochs=2', 'train.log_interval=4', 'train.progress=true')
+    assert 'iters/sec' not in done.stdout and 'this epoch' not in done.stdout, done.stdout
+    logged = log(out)
+    assert sorted(logged) == [4, 8, 12] and 'validation/main/loss' in logged[8]
+    written = scalars(out)
+    for key in ('main/loss', 'validation/main/loss', 'validation/main/accuracy', 'lr'):
+        assert written[key] == pytest.approx({i: e[key] for i, e in logged.items()
+                                              if key in e}, rel=1e-6), key
