@@ -80,13 +80,16 @@ def choose(setting, on_gpu, chainer_has_cudnn, frontend_loader=load_frontend):
 
     ``setting`` is ``train.conv_bn``; ``chainer_has_cudnn`` is
     ``chainer.backends.cuda.cudnn_enabled`` (CuPy < 14). ``frontend_loader`` is called only
-    when the frontend is needed. Raises ``Unavailable`` for 'cudnn' where the frontend does
-    not load, ``ValueError`` for a setting not in ``IMPLS``.
+    when the frontend is needed. Raises ``Unavailable`` for 'cudnn' on the CPU or where the
+    frontend does not load, ``ValueError`` for a setting not in ``IMPLS``.
     """
     if setting not in IMPLS:
         raise ValueError('train.conv_bn must be one of {}, not {!r}'.format(
             ', '.join(IMPLS), setting))
     if not on_gpu:
+        if setting == 'cudnn':  # asked for by name: saying nothing would hide a wrong device
+            raise Unavailable('train.conv_bn=cudnn runs on GPUs, but this rank computes on the '
+                              'CPU; use train.conv_bn=auto (or a GPU: device=auto)')
         return 'chainer', 'on the CPU'
     if chainer_has_cudnn:
         return 'chainer', CHAINER_HAS_CUDNN

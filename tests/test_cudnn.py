@@ -292,7 +292,9 @@ def test_choose_the_implementation():
         raise cudnn.Unavailable('no frontend')
     assert cudnn.choose('auto', True, False, missing)[0] == 'chainer'
     assert cudnn.choose('chainer', True, False, missing)[0] == 'chainer'
-    assert cudnn.choose('cudnn', False, False, missing) == ('chainer', 'on the CPU')
+    assert cudnn.choose('auto', False, False, missing) == ('chainer', 'on the CPU')
+    with pytest.raises(cudnn.Unavailable, match='runs on GPUs, but this rank computes on the CPU'):
+        cudnn.choose('cudnn', False, False, missing)
     assert cudnn.choose('cudnn', True, True, missing)[0] == 'chainer'
     assert cudnn.choose('cudnn', True, False, lambda: None)[0] == 'cudnn'
     with pytest.raises(cudnn.Unavailable, match='no frontend'):

@@ -112,6 +112,7 @@ def test_print_config_shows_the_resolved_config():
     ('train.stall_timeout=.inf', 'train.stall_timeout must be a finite number, not .inf'),
     ('optimizer.lr=.nan', 'optimizer.lr must be a finite number, not .nan'),
     ('out={empty}/notes.txt', 'notes.txt is a file, not a folder'),
+    ('train.conv_bn=cudnn', 'train.conv_bn=cudnn runs on GPUs, but this rank computes on the CPU'),
 ])
 def test_bad_input_stops_every_rank_with_one_message(override, message, tmp_path):
     (tmp_path / 'notes.txt').write_text('not a folder')
