@@ -514,11 +514,12 @@ def fit(path, saved, record, ranks):
 _MISSING = object()
 
 
-def rank_count_refusal(chunks, ranks, batch_size=None, split_chunks=False):
+def rank_count_refusal(chunks, ranks, batch_size=None, split_chunks=False, fresh=False):
     """Why a run of ``chunks`` chunks per global batch cannot go on ``ranks`` ranks (one
     line naming the counts that can), or None. A rank takes ``chunks / ranks`` whole
     chunks; more ranks than chunks split chunks into other BatchNorm groups, which only
-    ``split_chunks`` allows (``stream.parts_of_rank``)."""
+    ``split_chunks`` allows (``stream.parts_of_rank``). ``fresh``: no checkpoint is resumed,
+    so the line offers another train.chunks rather than another out folder."""
     if chunks and chunks % ranks == 0:
         return None
     splits = chunks and ranks > chunks and ranks % chunks == 0 and batch_size and \
@@ -526,11 +527,19 @@ def rank_count_refusal(chunks, ranks, batch_size=None, split_chunks=False):
     if splits and split_chunks:
         return None
     works = [n for n in range(1, (chunks or 0) + 1) if chunks % n == 0]
+    if splits:
+        split = ' (or split each chunk in {} with train.split_chunks=true)'.format(
+            ranks // chunks)
+    elif split_chunks:
+        split = (' (train.split_chunks=true needs a rank count that is a multiple of {} and '
+                 'splits each chunk\'s {} images evenly)'.format(chunks, batch_size))
+    else:
+        split = ''
+    otherwise = ('set train.chunks to a multiple of {} (0: the rank count)'.format(ranks)
+                 if fresh else 'start afresh in another out folder')
     return ('the run has {} chunks per global batch (train.chunks), which {} rank(s) '
-            'cannot share; run it on {} ranks{}, or start afresh in another out '
-            'folder'.format(chunks, ranks, ', '.join(map(str, works)) or 'as many',
-                            ' (or split each chunk in {} with train.split_chunks=true)'.format(
-                                ranks // chunks) if splits else ''))
+            'cannot share; run it on {} ranks{}, or {}'.format(
+                chunks, ranks, ', '.join(map(str, works)) or 'as many', split, otherwise))
 
 
 def run_chunks(config, comm, is_root):
@@ -540,9 +549,10 @@ def run_chunks(config, comm, is_root):
     count. Raises ``CheckpointError`` when the rank count does not divide it."""
     chunks = error = None
     if is_root:
-        chunks = config.train.chunks or _saved_chunks(config.resume, config.out) or comm.size
+        saved = _saved_chunks(config.resume, config.out)
+        chunks = config.train.chunks or saved or comm.size
         error = rank_count_refusal(chunks, comm.size, config.train.batch_size,
-                                   config.train.split_chunks)
+                                   config.train.split_chunks, fresh=saved is None)
     chunks, error = comm.mpi_comm.bcast((chunks, error), root=0)
     if error:
         raise CheckpointError(error)

@@ -253,8 +253,14 @@ def test_a_rank_count_that_does_not_divide_the_chunks_is_refused_in_one_line():
     assert checkpoint.fit('c.npz', saved, split, 4) == [
         'changed on resume: train.split_chunks false -> true']
     with pytest.raises(checkpoint.CheckpointError, match=r'which 6 rank\(s\) cannot share; '
-                       'run it on 1, 2 ranks, or start'):
+                       r'run it on 1, 2 ranks \(train.split_chunks=true needs a rank count '
+                       r'that is a multiple of 2 and splits each chunk\'s 4 images evenly\), '
+                       'or start afresh in another out folder'):
         checkpoint.fit('c.npz', saved, split, 6)  # 4 images in 3 parts
+    # A fresh run of train.chunks=2 on 3 ranks has no checkpoint to leave behind.
+    assert checkpoint.rank_count_refusal(2, 3, 4, fresh=True) == (
+        'the run has 2 chunks per global batch (train.chunks), which 3 rank(s) cannot share; '
+        'run it on 1, 2 ranks, or set train.chunks to a multiple of 3 (0: the rank count)')
 
 
 def text_array(value):
