@@ -3,6 +3,7 @@
 #   VENV    where the virtual environment lives
 #   MPI     pypi: MPICH + mpi4py wheels from PyPI | system: mpi4py built on the site's MPI
 #   NP      ranks for `make train`
+#   MARKS   for `make test`: a pytest marker expression (MARKS='not slow': the quick tests)
 PYTHON ?= python3
 VENV ?= .venv
 MPI ?= pypi
@@ -30,9 +31,11 @@ train: setup
 lint: setup
 	$(BIN)/flake8
 
+# MARKS: a pytest marker expression that narrows both runs, e.g. MARKS='not slow'.
 test: lint
-	$(BIN)/python -m pytest tests
-	timeout 900 $(MPIEXEC) -n 2 $(BIN)/python -m pytest -m mpi -p no:cacheprovider -q tests
+	$(BIN)/python -m pytest tests $(if $(MARKS),-m "$(MARKS)")
+	timeout 900 $(MPIEXEC) -n 2 $(BIN)/python -m pytest -m "mpi$(if $(MARKS), and ($(MARKS)))" \
+		-p no:cacheprovider -q tests
 
 # The GPU path checked without a GPU (tests/test_cuda_kernels.py): the training path imported
 # with CuPy 14 as the GPU machines have it, and the CUDA sources of a ResNet-50 step compiled by
