@@ -43,6 +43,7 @@ from chainer.training import extensions
 from distributed import weights
 from distributed.config import to_dict
 from distributed.data import sop
+from distributed.model import batchnorm_statistics
 from distributed.runtime import naming
 
 FILENAME = 'snapshot_iter_{.updater.iteration}.npz'
@@ -129,9 +130,7 @@ def mean_batchnorm_statistics(model, comm):
     which only a CUDA-aware MPI can read (README: `flat` needs one too).
     """
     from mpi4py import MPI
-    arrays = [getattr(link, name) for link in model.links()
-              if isinstance(link, chainer.links.BatchNormalization)
-              for name in ('avg_mean', 'avg_var')]
+    arrays = batchnorm_statistics(model)
     if comm.size == 1 or not arrays:
         return
     cpu = chainer.backend.CpuDevice()

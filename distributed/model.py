@@ -37,3 +37,12 @@ def create_model(arch='resnet50', n_class=12, zero_gamma=True):
 def mean_of(model):
     """The per-channel mean the model's inputs are expected to have subtracted (3, 1, 1)."""
     return model.predictor.mean
+
+
+def batchnorm_statistics(model):
+    """The running statistics (``avg_mean``, ``avg_var``: arrays of shape (C,), float32) of
+    every ``chainer.links.BatchNormalization`` link of ``model``, in a fixed order (sorted
+    link names), the same on every rank. The arrays themselves, not copies."""
+    return [getattr(link, name) for _, link in sorted(model.namedlinks())
+            if isinstance(link, chainer.links.BatchNormalization)
+            for name in ('avg_mean', 'avg_var')]

@@ -10,6 +10,8 @@ calls ``update()`` without a loss function, which reduces and updates the gradie
 """
 import chainer
 
+from distributed.model import batchnorm_statistics
+
 
 class ChunkUpdater(chainer.training.updaters.StandardUpdater):
     """``StandardUpdater`` over a ``ChunkIterator``: a batch is a list of chunks.
@@ -20,15 +22,14 @@ class ChunkUpdater(chainer.training.updaters.StandardUpdater):
     communicator wants called for the loss (``comm.loss_function``). The reported
     ``main/*`` numbers are the means over this rank's chunks (equal sizes: the mean over
     its images). BatchNorm running statistics get one update per global batch with the
-    mean of the chunks' statistics (``batchnorm_links``), as a ``C``-rank run's averaged
+    mean of the chunks' statistics (``model.batchnorm_statistics``), as a ``C``-rank run's averaged
     statistics get, not one decay per chunk.
     """
 
     def __init__(self, iterator, optimizer, converter, device, loss_func):
         super().__init__(iterator, optimizer, converter=converter, device=device,
                          loss_func=loss_func)
-        self._statistics = [getattr(link, name) for link in batchnorm_links(optimizer.target)
-                            for name in ('avg_mean', 'avg_var')]
+        self._statistics = batchnorm_statistics(optimizer.target)
 
     def update_core(self):
         chunks = self.get_iterator('main').next()
@@ -60,9 +61,3 @@ class ChunkUpdater(chainer.training.updaters.StandardUpdater):
                 array[...] = total * weight
         chainer.reporter.report({key: value * weight for key, value in sums.items()})
         optimizer.update()
-
-
-def batchnorm_links(model):
-    """The ``chainer.links.BatchNormalization`` links of ``model``, in a fixed order."""
-    return [link for _, link in sorted(model.namedlinks())
-            if isinstance(link, chainer.links.BatchNormalization)]

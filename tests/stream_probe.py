@@ -21,7 +21,8 @@ from distributed.model import create_model
 from distributed.optim import create_optimizer, create_schedule
 from distributed.comm import loss_function
 from distributed.runtime import InputConverter, create_runtime
-from distributed.updater import ChunkUpdater, batchnorm_links
+from distributed.model import batchnorm_statistics
+from distributed.updater import ChunkUpdater
 
 GLOBAL_BATCHES = 4
 
@@ -63,8 +64,7 @@ def step(config, runtime, chunks):
     checkpoint.mean_batchnorm_statistics(model, runtime.comm)
     iterator.finalize()
     grads = {name: param.grad for name, param in sorted(model.namedparams())}
-    stats = {'{}/{}'.format(i, name): getattr(link, name)
-             for i, link in enumerate(batchnorm_links(model)) for name in ('avg_mean', 'avg_var')}
+    stats = {str(i): array for i, array in enumerate(batchnorm_statistics(model))}
     return {'loss': loss,
             'grads': {k: numpy.asarray(v).ravel()[:64].tolist() for k, v in grads.items()},
             'grad_norms': {k: float(numpy.linalg.norm(v)) for k, v in grads.items()},
