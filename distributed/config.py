@@ -3,84 +3,20 @@
 ``load_config(path, overrides)`` returns a validated ``Config``. Overrides are dotted
 ``key.sub=value`` strings. The value of a text (str) key is taken as typed (``out=0012`` is
 the folder '0012'); any other value is read as YAML (``train.epochs=3``,
-``optimizer.decay_epochs=[30,60]``), as the file is (``_Loader``). Unknown keys, wrong types
-and impossible values raise ``ConfigError`` naming the key and what to do. What a file
-alone cannot tell is checked where it is known: the machine (``runtime``), the data tree
-(``data.sop``), the weights (``evaluate.load_model``).
+``optimizer.decay_epochs=[30,60]``), as the file is (``distributed.yaml_reader``). Unknown
+keys, wrong types and impossible values raise ``ConfigError`` naming the key and what to do.
+What a file alone cannot tell is checked where it is known: the machine (``runtime``), the
+data tree (``data.sop``), the weights (``evaluate.load_model``).
 """
 import ast
-import codecs
 import dataclasses
 import inspect
 import math
 import os
-import re
 import textwrap
 import typing
 
-import yaml
-
-
-class ConfigError(ValueError):
-    """A configuration the job cannot run with; the message says what to change."""
-
-
-class _Int(int):
-    """An int read from YAML; ``text`` is how it was written."""
-
-
-class _Float(float):
-    """A float read from YAML; ``text`` is how it was written."""
-
-
-class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader (YAML 1.1: plain values, no Python tags), with two changes.
-
-    Exponent notation without a dot or an exponent sign (1e-3, 5E-5, 1e2, 1.0e3) is a
-    float, as in YAML 1.2, Python and every other tool; YAML 1.1 reads it as a string,
-    which a float key would refuse.
-
-    A number keeps the text it was written as, so that a text key takes what was typed:
-    YAML 1.1 reads ``0012`` as the octal 10 and ``12:30`` as the base-60 750, and the
-    number's digits are not the text a person sees in the file (``_convert``).
-
-    A key written twice in one mapping (two ``train:`` sections, ``epochs`` twice in one)
-    is an error naming both lines; PyYAML would keep the last silently, so settings from
-    the first would be lost without a word.
-    """
-
-    def construct_mapping(self, node, deep=False):
-        first = {}
-        for key_node, _ in node.value:
-            merge = key_node.tag == 'tag:yaml.org,2002:merge'
-            if merge or not isinstance(key_node, yaml.ScalarNode):
-                continue
-            if key_node.value in first:
-                raise yaml.constructor.ConstructorError(
-                    None, None, "the key '{}' is written twice (first on line {}); keep one, "
-                    "as only the last would be used".format(
-                        key_node.value, first[key_node.value].line + 1),
-                    key_node.start_mark)
-            first[key_node.value] = key_node.start_mark
-        return super().construct_mapping(node, deep=deep)
-
-
-def _keep_text(kind, construct):
-    def constructor(loader, node):
-        value = kind(construct(loader, node))
-        value.text = node.value
-        return value
-    return constructor
-
-
-_Loader.add_implicit_resolver(
-    'tag:yaml.org,2002:float',
-    re.compile(r'^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$'),
-    list('-+.0123456789'))
-_Loader.add_constructor('tag:yaml.org,2002:int',
-                        _keep_text(_Int, yaml.SafeLoader.construct_yaml_int))
-_Loader.add_constructor('tag:yaml.org,2002:float',
-                        _keep_text(_Float, yaml.SafeLoader.construct_yaml_float))
+from distributed.yaml_reader import ConfigError, read_value, read_yaml
 
 
 @dataclasses.dataclass
@@ -245,7 +181,7 @@ def _convert(key, value, kind):
 
     Ints are accepted as floats, floats of whole value (1e2) as ints; a float must be
     finite: nan and inf pass every comparison a check could make and ruin the run later.
-    A text key takes a number as it was written (``_Loader``).
+    A text key takes a number as it was written (``yaml_reader.Loader``).
     """
     origin = typing.get_origin(kind)
     if origin in (list, typing.List):
@@ -309,7 +245,7 @@ def _leaf_type(schema, key):
 
 def parse_overrides(overrides, schema=None):
     """``['a.b=1', ...]`` -> nested dict. A text key of ``schema`` takes the value as
-    typed; other values are read as YAML (``_Loader``)."""
+    typed; other values are read as YAML (``yaml_reader.read_value``)."""
     tree = {}
     for item in overrides:
         key, sep, text = item.partition('=')
@@ -319,11 +255,7 @@ def parse_overrides(overrides, schema=None):
             # YAML would rewrite what was typed: out=0012 -> 10, out=12:30 -> 750.
             value = text
         else:
-            try:
-                value = yaml.load(text, Loader=_Loader) if text else ''
-            except (yaml.YAMLError, ValueError) as e:  # ValueError: an int of 5000 digits
-                raise ConfigError('override {}: cannot read {!r} as a value ({})'.format(
-                    key, text, getattr(e, 'problem', None) or e))
+            value = read_value(key, text)
         node = tree
         parts = key.split('.')
         for part in parts[:-1]:
@@ -332,67 +264,6 @@ def parse_overrides(overrides, schema=None):
                 raise ConfigError('override {} conflicts with another override'.format(key))
         node[parts[-1]] = value
     return tree
-
-
-def read_yaml(path):
-    """The content of the config file at ``path``: UTF-8 (with or without a byte-order
-    mark) or UTF-16 with one (Notepad's "Unicode"); anything else is one ``ConfigError``
-    line saying what to do."""
-    name = 'config file {}'.format(path)
-    try:
-        with open(path, 'rb') as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise ConfigError('{} does not exist; pass an existing file with -c (see '
-                          'configs/)'.format(name))
-    except IsADirectoryError:
-        raise ConfigError('{} is a folder, not a YAML file; pass a file with -c, e.g. -c '
-                          'configs/smoke.yaml'.format(name))
-    except OSError as e:
-        raise ConfigError('{} cannot be read ({}); pass a file you can read with -c'.format(
-            name, e.strerror or e))
-    text = _decode(raw, name)
-    try:
-        return yaml.load(text, Loader=_Loader) or {}
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = ' line {}, column {}:'.format(mark.line + 1, mark.column + 1) if mark else ''
-        raise ConfigError('{} is not valid YAML:{} {}{}; fix that line'.format(
-            name, where, e.problem or e.context,
-            ' ({})'.format(e.context) if e.problem and e.context else ''))
-    except yaml.reader.ReaderError as e:  # a control character
-        raise ConfigError('{} is not valid YAML: line {} holds the character U+{:04X}, which '
-                          'YAML does not allow; remove it'.format(
-                              name, text.count('\n', 0, e.position) + 1, e.character))
-    except yaml.YAMLError as e:
-        raise ConfigError('{} is not valid YAML: {}'.format(name, ' '.join(str(e).split())))
-    except ValueError as e:  # an int of more digits than Python converts
-        raise ConfigError('{} holds a value that cannot be read ({})'.format(name, e))
-
-
-def _decode(raw, name):
-    """The text of a config file's bytes; a ``ConfigError`` saying how to save it."""
-    for bom, codec in ((codecs.BOM_UTF8, 'utf-8-sig'), (codecs.BOM_UTF16_LE, 'utf-16'),
-                       (codecs.BOM_UTF16_BE, 'utf-16')):
-        if raw.startswith(bom):
-            break
-    else:
-        codec = 'utf-8'
-    try:
-        text = raw.decode(codec)
-    except UnicodeDecodeError as e:
-        text = None
-        reason = ('byte {} at line {} is not UTF-8'.format(
-            hex(raw[e.start]), raw.count(b'\n', 0, e.start) + 1) if codec == 'utf-8'
-            else 'its UTF-16 breaks off at byte {}'.format(e.start))
-    if text is not None and '\0' not in text:
-        return text
-    if b'\0' in raw and codec == 'utf-8':
-        # Text in UTF-16 has a zero byte beside every ASCII character.
-        reason = 'it holds zero bytes: UTF-16 without a byte-order mark, or not a text file'
-    elif text is not None:
-        reason = 'it holds zero bytes: not a text file'
-    raise ConfigError('{} is not UTF-8 text ({}); save it as UTF-8'.format(name, reason))
 
 
 def build(schema, path=None, overrides=()):
