@@ -308,12 +308,12 @@ def pipeline_diff_grey(paths, crop, seed):
     output from Pillow's antialiased bilinear resize of the same box of the same picture,
     over random-sized crop boxes drawn as training draws them (one per file)."""
     from PIL import Image
-    from distributed.data import fastimage, images
+    from distributed.data import images, transforms
     rng = numpy.random.default_rng(seed)
     diffs = []
     for path in paths:
         picture = images.open_image(path)
-        box = fastimage.train_box(picture.height, picture.width, rng)
+        box = transforms.train_box(picture.height, picture.width, rng)
         product = picture.region(box, (crop, crop)).astype(numpy.float32)
         with Image.open(path) as image:
             reference = numpy.asarray(image.convert('RGB').resize(

@@ -10,8 +10,7 @@ from chainercv.utils import read_image
 from chainercv import transforms
 
 from distributed.bench import write_jpegs
-from distributed.data import fastimage
-from distributed.data.transforms import TrainTransform, ValTransform, draws
+from distributed.data.transforms import TrainTransform, ValTransform, draws, train_box
 from distributed.runtime import InputConverter
 
 MEAN = numpy.array([123.0, 117.0, 104.0], numpy.float32).reshape(3, 1, 1)
@@ -36,7 +35,7 @@ def chainercv_with_key(path, crop_size, key):
     """chainercv's float32 path over the crop box and flip that ``draws(key)`` gives."""
     img = read_image(path)
     rng = draws(key)
-    x0, y0, x1, y1 = fastimage.train_box(img.shape[1], img.shape[2], rng)
+    x0, y0, x1, y1 = train_box(img.shape[1], img.shape[2], rng)
     img = transforms.resize(img[:, y0:y1, x0:x1], (crop_size, crop_size))
     return transforms.flip(img, x_flip=bool(rng.uniform() < 0.5))
 
