@@ -18,6 +18,10 @@ import typing
 
 from distributed.yaml_reader import ConfigError, read_value, read_yaml
 
+Arch = typing.Literal['resnet50', 'resnet101', 'resnet152']
+"""The networks (chainercv's ResNets, arch 'fb'): the one list of them (``model``,
+``weights`` and the benchmark take theirs from here)."""
+
 
 @dataclasses.dataclass
 class DataConfig:
@@ -28,19 +32,19 @@ class DataConfig:
     """Side of the square training and evaluation crops, in pixels."""
     scale_size: int = 256
     """Evaluation images are scaled so their shorter side is this, then center-cropped."""
-    loader: str = 'multiprocess'
+    loader: typing.Literal['multiprocess', 'serial'] = 'multiprocess'
     """'multiprocess' (worker processes decode images) or 'serial' (in the rank itself)."""
     workers: int = 2
     """Decoding processes per iterator with loader 'multiprocess' (a rank's training and
     test iterators each have this many)."""
-    on_bad_image: str = 'skip'
+    on_bad_image: typing.Literal['skip', 'error'] = 'skip'
     """An image that cannot be decoded: 'skip' it (reported by name) or stop with an 'error'."""
 
 
 @dataclasses.dataclass
 class ModelConfig:
-    arch: str = 'resnet50'
-    """'resnet50', 'resnet101' or 'resnet152' (chainercv, arch 'fb')."""
+    arch: Arch = 'resnet50'
+    """The ResNet (chainercv's, arch 'fb')."""
     zero_gamma: bool = True
     """Start the last BatchNorm gamma of every bottleneck at zero (Goyal et al. 2017)."""
 
@@ -49,7 +53,7 @@ class ModelConfig:
 class OptimizerConfig:
     lr: float = 0.1
     """Base learning rate, before scaling by lr_scaling."""
-    lr_scaling: str = 'workers'
+    lr_scaling: typing.Literal['workers', 'batch', 'none'] = 'workers'
     """'workers': lr x ranks; 'batch': lr x global batch / 256 (Goyal et al.); 'none'."""
     momentum: float = 0.9
     """MomentumSGD momentum."""
@@ -92,9 +96,9 @@ class TrainConfig:
     """Seed for the image order, augmentation and weight initialisation (0..2147483647)."""
     progress: bool = True
     """Show a progress bar on rank 0 when its output is a terminal (never in a file)."""
-    dtype: str = 'float32'
+    dtype: typing.Literal['float32', 'mixed16'] = 'float32'
     """'float32', or 'mixed16' (chainer's mixed precision with dynamic loss scaling; for GPUs)."""
-    conv_bn: str = 'auto'
+    conv_bn: typing.Literal['auto', 'cudnn', 'chainer'] = 'auto'
     """Who runs Convolution2D and BatchNorm on GPUs: 'chainer' (its own CuPy kernels), 'cudnn'
     (cuDNN through NVIDIA's cuDNN frontend, distributed/cudnn.py) or 'auto' (chainer's, until
     a GPU run shows the two agree)."""
@@ -111,7 +115,7 @@ class CommConfig:
     communicator: str = 'auto'
     """ChainerMN communicator name, or 'inplace' (distributed/comm.py); 'auto': 'inplace' on
     the CPU, 'pure_nccl' on GPUs ('flat' where NCCL is missing)."""
-    allreduce_dtype: str = 'float32'
+    allreduce_dtype: typing.Literal['float32', 'float16'] = 'float32'
     """Gradient allreduce dtype: 'float32', or 'float16' (needs the pure_nccl communicator;
     the loss is then scaled dynamically and a step whose gradients overflow is skipped)."""
 
@@ -147,15 +151,6 @@ class Config:
     checkpoint path."""
 
 
-CHOICES = {
-    'data.loader': ('multiprocess', 'serial'),
-    'data.on_bad_image': ('skip', 'error'),
-    'model.arch': ('resnet50', 'resnet101', 'resnet152'),
-    'optimizer.lr_scaling': ('workers', 'batch', 'none'),
-    'comm.allreduce_dtype': ('float32', 'float16'),
-    'train.dtype': ('float32', 'mixed16'),
-    'train.conv_bn': ('auto', 'cudnn', 'chainer'),
-}
 POSITIVE = ('data.crop_size', 'data.scale_size', 'data.workers', 'train.batch_size',
             'train.epochs', 'train.eval_interval', 'checkpoint.keep')
 NON_NEGATIVE = ('optimizer.lr', 'optimizer.momentum', 'optimizer.weight_decay',
@@ -176,19 +171,31 @@ TIMEOUTS = ('train.stall_timeout', 'train.startup_timeout')
 _EXACT_INT = 2 ** 53
 
 
+def choices(kind):
+    """The values a ``typing.Literal`` field type allows, in order; None for other types."""
+    return typing.get_args(kind) if typing.get_origin(kind) is typing.Literal else None
+
+
+def _is_text(kind):
+    """Whether a field of type ``kind`` holds text: str, or a Literal of strs."""
+    return kind is str or all(isinstance(c, str) for c in choices(kind) or (None,))
+
+
 def _convert(key, value, kind):
     """Check ``value`` against the field type ``kind``; return it as a plain value of it.
 
     Ints are accepted as floats, floats of whole value (1e2) as ints; a float must be
     finite: nan and inf pass every comparison a check could make and ruin the run later.
-    A text key takes a number as it was written (``yaml_reader.Loader``).
+    A text key takes a number as it was written (``yaml_reader.Loader``). A Literal of
+    strs is read as text here; ``validate`` checks the value is one of them.
     """
+    if _is_text(kind):
+        kind = str
     origin = typing.get_origin(kind)
     if origin in (list, typing.List):
         if not isinstance(value, list):
-            raise ConfigError('{} must be a list, e.g. {}=[30,60], not {!r}'.format(
-                key, key, value))
-        return [_convert('{}[{}]'.format(key, i), v, typing.get_args(kind)[0])
+            raise ConfigError(f'{key} must be a list, e.g. {key}=[30,60], not {value!r}')
+        return [_convert(f'{key}[{i}]', v, typing.get_args(kind)[0])
                 for i, v in enumerate(value)]
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     written = getattr(value, 'text', value)
@@ -198,34 +205,34 @@ def _convert(key, value, kind):
         except OverflowError:  # an int beyond float's range
             value = math.inf
         if not math.isfinite(value):
-            raise ConfigError('{} must be a finite number, not {}'.format(key, written))
+            raise ConfigError(f'{key} must be a finite number, not {written}')
         return value
     if kind is int and isinstance(value, float):
         if value.is_integer() and abs(value) <= _EXACT_INT:
             return int(value)
-        raise ConfigError('{} must be an int (a whole number), not {}'.format(key, written))
+        raise ConfigError(f'{key} must be an int (a whole number), not {written}')
     if kind is str and number:
         return str(written)
     if kind is str and (value is None or isinstance(value, bool)):
-        raise ConfigError('{} must be a str, not {!r}: YAML reads an empty value and null as '
-                          'None, and true, false, yes, no, on and off as true or false; put '
-                          'the text in quotes'.format(key, value))
+        raise ConfigError(f'{key} must be a str, not {value!r}: YAML reads an empty value and '
+                          'null as None, and true, false, yes, no, on and off as true or '
+                          'false; put the text in quotes')
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError('{} must be {} {}, not {!r}'.format(
-            key, 'an' if kind is int else 'a', kind.__name__, value))
+        article = 'an' if kind is int else 'a'
+        raise ConfigError(f'{key} must be {article} {kind.__name__}, not {value!r}')
     return int(value) if kind is int else value
 
 
 def _merge(obj, values, prefix=''):
     if not isinstance(values, dict):
-        raise ConfigError('{} must be a mapping of keys, not {!r}'.format(
-            prefix.rstrip('.') or 'the config file', values))
+        where = prefix.rstrip('.') or 'the config file'
+        raise ConfigError(f'{where} must be a mapping of keys, not {values!r}')
     hints = typing.get_type_hints(type(obj))
     for name, value in values.items():
         key = prefix + str(name)
         if name not in hints:
             known = ', '.join(prefix + f for f in hints)
-            raise ConfigError('unknown config key {!r}; known keys here: {}'.format(key, known))
+            raise ConfigError(f'unknown config key {key!r}; known keys here: {known}')
         if dataclasses.is_dataclass(hints[name]):
             _merge(getattr(obj, name), value, key + '.')
         else:
@@ -250,8 +257,9 @@ def parse_overrides(overrides, schema=None):
     for item in overrides:
         key, sep, text = item.partition('=')
         if not sep or not key:
-            raise ConfigError('override {!r} is not key=value (e.g. train.epochs=3)'.format(item))
-        if schema is not None and _leaf_type(schema, key) is str:
+            raise ConfigError(f'override {item!r} is not key=value (e.g. train.epochs=3)')
+        kind = None if schema is None else _leaf_type(schema, key)
+        if kind is not None and _is_text(kind):
             # YAML would rewrite what was typed: out=0012 -> 10, out=12:30 -> 750.
             value = text
         else:
@@ -261,18 +269,19 @@ def parse_overrides(overrides, schema=None):
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError('override {} conflicts with another override'.format(key))
+                raise ConfigError(f'override {key} conflicts with another override')
         node[parts[-1]] = value
     return tree
 
 
 def build(schema, path=None, overrides=()):
-    """An instance of the dataclass ``schema``: defaults < YAML at ``path`` < overrides."""
+    """An instance of the dataclass ``schema``: defaults < YAML at ``path`` < overrides.
+    Types are checked here, a Literal field's value by ``validate``."""
     obj = schema()
     where = ''
     try:
         if path:
-            where = ' (in {})'.format(path)
+            where = f' (in {path})'
             _merge(obj, read_yaml(path))
         where = ' (on the command line)'
         _merge(obj, parse_overrides(overrides, schema))
@@ -289,60 +298,67 @@ def _get(config, key):
     return config
 
 
+def check_choices(config, prefix=''):
+    """Every Literal field of the dataclass instance ``config`` (sections included) holds
+    one of its values; ``ConfigError`` naming the key and the values otherwise."""
+    for name, kind in typing.get_type_hints(type(config)).items():
+        value = getattr(config, name)
+        if dataclasses.is_dataclass(kind):
+            check_choices(value, f'{prefix}{name}.')
+        elif choices(kind) and value not in choices(kind):
+            raise ConfigError(f"{prefix}{name} must be one of {', '.join(choices(kind))}, "
+                              f'not {value!r}')
+
+
 def validate(config):
     """Invariants of a training config, checked once at load."""
-    for key, choices in CHOICES.items():
-        if _get(config, key) not in choices:
-            raise ConfigError('{} must be one of {}, not {!r}'.format(
-                key, ', '.join(choices), _get(config, key)))
+    check_choices(config)
     for key in POSITIVE:
         if not _get(config, key) > 0:
-            raise ConfigError('{} must be positive, not {!r}'.format(key, _get(config, key)))
+            raise ConfigError(f'{key} must be positive, not {_get(config, key)!r}')
     for key in NON_NEGATIVE:
         if _get(config, key) < 0:
-            raise ConfigError('{} must be zero or positive, not {!r}'.format(
-                key, _get(config, key)))
+            raise ConfigError(f'{key} must be zero or positive, not {_get(config, key)!r}')
     if config.data.scale_size < config.data.crop_size:
-        raise ConfigError('data.scale_size ({}) must be at least data.crop_size ({})'.format(
-            config.data.scale_size, config.data.crop_size))
+        raise ConfigError(f'data.scale_size ({config.data.scale_size}) must be at least '
+                          f'data.crop_size ({config.data.crop_size})')
     if config.optimizer.warmup_start != 'auto' and not _in_unit(config.optimizer.warmup_start):
-        raise ConfigError("optimizer.warmup_start must be 'auto' or in (0, 1], not {!r}".format(
-            config.optimizer.warmup_start))
+        raise ConfigError("optimizer.warmup_start must be 'auto' or in (0, 1], not "
+                          f'{config.optimizer.warmup_start!r}')
     if sorted(config.optimizer.decay_epochs) != config.optimizer.decay_epochs:
-        raise ConfigError('optimizer.decay_epochs must be increasing, not {}'.format(
-            config.optimizer.decay_epochs))
+        raise ConfigError('optimizer.decay_epochs must be increasing, not '
+                          f'{config.optimizer.decay_epochs}')
     if config.device not in ('auto', 'cpu') and not config.device.isdigit():
-        raise ConfigError("device must be 'auto', 'cpu' or a GPU id like 0, not {!r}".format(
-            config.device))
+        raise ConfigError("device must be 'auto', 'cpu' or a GPU id like 0, not "
+                          f'{config.device!r}')
     if not config.data.root:
         raise ConfigError('data.root is empty; give the path to Stanford_Online_Products '
                           '(data.root=/path/to/Stanford_Online_Products) or minisop')
     check_seed('train.seed', config.train.seed)
     for key in TIMEOUTS:
         if _get(config, key) > MAX_TIMEOUT_S:
-            raise ConfigError('{} must be at most {} (a year), not {}; 0 turns the watchdog '
-                              'off'.format(key, MAX_TIMEOUT_S, _get(config, key)))
+            raise ConfigError(f'{key} must be at most {MAX_TIMEOUT_S} (a year), not '
+                              f'{_get(config, key)}; 0 turns the watchdog off')
     check_folder('out', config.out)
     return config
 
 
 def check_seed(key, seed):
     if not 0 <= seed <= MAX_SEED:
-        raise ConfigError('{} must be within 0..{}, not {}'.format(key, MAX_SEED, seed))
+        raise ConfigError(f'{key} must be within 0..{MAX_SEED}, not {seed}')
 
 
 def check_folder(key, path):
     """A results folder that can be made: ``path`` names no file, nor is it below one."""
     if not path:
-        raise ConfigError('{} is empty; name a results folder, e.g. {}=results/run1'.format(
-            key, key))
+        raise ConfigError(f'{key} is empty; name a results folder, e.g. {key}=results/run1')
     blocking = _file_in_the_way(path)
     if blocking == os.path.abspath(path):
-        raise ConfigError('{} {} is a file, not a folder; name a results folder, e.g. '
-                          '{}=results/run1, or move the file away'.format(key, path, key))
+        raise ConfigError(f'{key} {path} is a file, not a folder; name a results folder, '
+                          f'e.g. {key}=results/run1, or move the file away')
     if blocking:
-        raise ConfigError('{} {} cannot be a folder: {} is a file; name another results '
-                          'folder, e.g. {}=results/run1'.format(key, path, blocking, key))
+        raise ConfigError(f'{key} {path} cannot be a folder: {blocking} is a file; name '
+                          f'another results folder, e.g. {key}=results/run1')
 
 
 def _file_in_the_way(path):
@@ -376,24 +392,33 @@ def to_dict(config):
 
 
 def describe(schema=Config, prefix=''):
-    """``[(key, default, meaning)]`` for every leaf key of ``schema``: the README's table."""
+    """``[(key, kind, default, meaning)]`` for every leaf key of the dataclass ``schema``
+    (field order, sections expanded): the field type, its default, and the text of the
+    string literal under the field (inherited fields' from the class that declares them)."""
     rows = []
+    hints = typing.get_type_hints(schema)
     for field in dataclasses.fields(schema):
         key = prefix + field.name
-        if dataclasses.is_dataclass(field.type):
-            rows += describe(field.type, key + '.')
+        if dataclasses.is_dataclass(hints[field.name]):
+            rows += describe(hints[field.name], key + '.')
         else:
             default = (field.default_factory() if field.default is dataclasses.MISSING
                        else field.default)
-            rows.append((key, default, _field_doc(schema, field.name)))
+            rows.append((key, hints[field.name], default, field_doc(schema, field.name)))
     return rows
 
 
-def _field_doc(schema, name):
-    """The string literal under a dataclass field: its one-line meaning."""
-    body = ast.parse(textwrap.dedent(inspect.getsource(schema))).body[0].body
-    for field, doc in zip(body, body[1:]):
-        if (isinstance(field, ast.AnnAssign) and field.target.id == name
-                and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant)):
-            return ' '.join(doc.value.value.split())
+def field_doc(schema, name):
+    """The string literal under the field ``name`` of the dataclass ``schema`` (or of the
+    base class that declares it), whitespace collapsed; '' when it has none. Python keeps
+    no such literal at run time: it is read from the source."""
+    for cls in schema.__mro__:
+        if name not in vars(cls).get('__annotations__', {}):
+            continue
+        body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+        for field, doc in zip(body, body[1:]):
+            if (isinstance(field, ast.AnnAssign) and field.target.id == name
+                    and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant)):
+                return ' '.join(doc.value.value.split())
+        return ''
     return ''

@@ -1,6 +1,7 @@
 import pytest
 import yaml
 
+from distributed import config as config_module
 from distributed.config import Config, ConfigError, build, describe, load_config, to_dict
 
 
@@ -240,8 +241,8 @@ def test_missing_and_broken_files(tmp_path):
 def test_every_key_has_a_meaning():
     rows = describe(Config)
     assert {'data.root', 'data.crop_size', 'train.batch_size', 'train.epochs', 'optimizer.lr',
-            'out'} <= {key for key, _, _ in rows}
-    assert all(meaning for _, _, meaning in rows), [k for k, _, m in rows if not m]
+            'out'} <= {key for key, _, _, _ in rows}
+    assert all(meaning for _, _, _, meaning in rows), [k for k, _, _, m in rows if not m]
 
 
 def test_shipped_configs_load():
@@ -252,5 +253,35 @@ def test_shipped_configs_load():
 def test_readme_table_lists_every_key():
     import os
     readme = open(os.path.join(os.path.dirname(__file__), '..', 'README.md')).read()
-    missing = [key for key, _, _ in describe(Config) if '| `{}` |'.format(key) not in readme]
+    missing = [key for key, _, _, _ in describe(Config) if '| `{}` |'.format(key) not in readme]
     assert not missing, 'add these keys to the README table: {}'.format(missing)
+
+
+@pytest.mark.parametrize('key, bad', [
+    ('data.loader', 'threads'), ('data.on_bad_image', 'ignore'), ('model.arch', 'resnet18'),
+    ('optimizer.lr_scaling', 'sqrt'), ('train.dtype', 'float16'), ('train.conv_bn', 'cublas'),
+    ('comm.allreduce_dtype', 'bfloat16'),
+])
+def test_choices_come_from_the_field_types(key, bad):
+    kind = config_module._leaf_type(Config, key)
+    allowed = config_module.choices(kind)
+    assert allowed and len(allowed) >= 2
+    for value in allowed:  # each is taken, as typed
+        assert config_module._get(load_config(None, [f'{key}={value}']), key) == value
+    with pytest.raises(ConfigError) as error:
+        load_config(None, [f'{key}={bad}'])
+    assert str(error.value).startswith(f"{key} must be one of {', '.join(allowed)}, not '{bad}'")
+
+
+def test_a_choice_in_a_file_is_checked_too(tmp_path):
+    path = tmp_path / 'c.yaml'
+    path.write_text('model:\n  arch: resnet18\n')
+    with pytest.raises(ConfigError, match='model.arch must be one of resnet50, resnet101'):
+        load_config(str(path))
+
+
+def test_inherited_fields_keep_their_meaning():
+    from distributed.evaluate import EvalConfig
+    rows = {key: meaning for key, _, _, meaning in describe(EvalConfig)}
+    assert rows['model.arch'] == config_module.field_doc(config_module.ModelConfig, 'arch')
+    assert rows['model.path'] and rows['split'] and rows['train.epochs']

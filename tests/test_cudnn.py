@@ -8,6 +8,7 @@ scripts/cudnn_check.py's.
 import os
 import subprocess
 import sys
+import typing
 
 import distributed  # noqa: F401  (compat shims before chainer)
 import chainer
@@ -313,7 +314,8 @@ def test_a_missing_frontend_is_one_line_naming_what_to_install(monkeypatch):
 
 def test_the_config_key(tmp_path):
     assert config_module.Config().train.conv_bn == 'auto'
-    assert config_module.CHOICES['train.conv_bn'] == cudnn.IMPLS
+    conv_bn = typing.get_type_hints(config_module.TrainConfig)['conv_bn']
+    assert config_module.choices(conv_bn) == cudnn.IMPLS
     assert config_module.load_config(overrides=['train.conv_bn=cudnn',
                                                 'out={}'.format(tmp_path)]).train.conv_bn \
         == 'cudnn'
