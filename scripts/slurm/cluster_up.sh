@@ -1,20 +1,50 @@
 #!/usr/bin/env bash
-# A one-node SLURM cluster on this Debian machine, for the tests marked `slurm`
-# (tests/test_slurm.py) and for trying scripts/slurm/train.sbatch: Debian's slurm-wlm
-# (22.05 on Debian 12) and munge, with munged, slurmctld and slurmd started by hand as root
-# (no systemd, no cgroups). Run as root. Idempotent: what is installed or running already
-# is kept; daemons it starts begin from a clean slate (slurmctld -c), so jobs recorded by an
-# earlier cluster that was never stopped (a machine halted mid-test) do not hold the node.
-# It returns once the node is idle. scripts/slurm/cluster_down.sh stops what this
+# A SLURM test cluster on this Debian machine, for the tests marked `slurm` and for trying
+# scripts/slurm/train.sbatch: Debian's slurm-wlm (22.05 on Debian 12) and munge, with
+# munged, slurmctld and slurmd started by hand as root (no systemd, no cgroups).
+#   scripts/slurm/cluster_up.sh             one node, this machine (tests/test_slurm.py)
+#   scripts/slurm/cluster_up.sh --testbed   one node per test host of scripts/testbed/up.sh
+#                                           (tests/test_multinode_slurm.py)
+# --testbed: slurmctld on sop-n1, a slurmd on every test host under its host name, each
+# in that host's namespaces; the hosts see the cluster's configuration as /etc/slurm (a
+# bind mount in their own mount namespaces), so sbatch, srun and friends run there as on
+# any cluster (`scripts/testbed/on sop-n1 sbatch ...`), while this machine's /etc/slurm
+# stays the one-node cluster's: the two can be up at once. munged (this machine's) serves
+# both through its socket, a file every host sees.
+# Run as root. Idempotent: what is installed or running already is kept; daemons it starts
+# begin from a clean slate (slurmctld -c, slurmd -c), so jobs recorded by an earlier
+# cluster that was never stopped (a machine halted mid-test) do not hold a node. It returns
+# once every node is idle. scripts/slurm/cluster_down.sh [--testbed] stops what this
 # started, and only that.
 set -euo pipefail
 
-STATE=/var/lib/sop-slurm        # spool, state, logs, pid files; what was started: $STATE/started
-CONF=/etc/slurm/slurm.conf      # where Debian's SLURM commands look for it
-MARK='# Written by scripts/slurm/cluster_up.sh (chainermn-sop-trainer): a one-node test cluster.'
-
 die() { echo "cluster_up.sh: $*" >&2; exit 1; }
+case "${1:-}" in
+  '') testbed= ;;
+  --testbed) testbed=1 ;;
+  *) die "unknown option '$1' (none: a one-node cluster; --testbed: one on the test hosts)" ;;
+esac
 [ "$(id -u)" = 0 ] || die "run it as root: it installs packages and starts daemons"
+
+BED=/var/lib/sop-testbed        # scripts/testbed/up.sh's
+ON=$(dirname "$0")/../testbed/on
+if [ -z "$testbed" ]; then
+  STATE=/var/lib/sop-slurm      # spool, state, logs, pid files; what was started: $STATE/started
+  MARK='# Written by scripts/slurm/cluster_up.sh (chainermn-sop-trainer): a one-node test cluster.'
+  CONF=/etc/slurm/slurm.conf    # where Debian's SLURM commands look for it
+  host=$(hostname -s)
+  hosts=$host
+  on() { shift; "$@"; }         # every node is this machine
+else
+  STATE=/var/lib/sop-slurm/testbed
+  CONF=$STATE/etc/slurm.conf    # /etc/slurm/slurm.conf on the test hosts
+  MARK='# Written by scripts/slurm/cluster_up.sh --testbed (chainermn-sop-trainer): a test cluster.'
+  [ -s "$BED/started" ] && [ -s "$BED/hosts" ] \
+    || die "no test hosts are up: scripts/testbed/up.sh brings them up (as root)"
+  hosts=$(cat "$BED/hosts")
+  host=$(head -n 1 "$BED/hosts")  # the controller's
+  on() { "$ON" "$@"; }
+fi
 
 missing=0
 for tool in slurmctld slurmd sbatch munged; do command -v "$tool" >/dev/null || missing=1; done
@@ -28,16 +58,23 @@ if [ "$missing" = 1 ]; then
 fi
 
 # Only ever replace a configuration that this script wrote: never a real cluster's.
-if [ -e "$CONF" ] && ! grep -qxF "$MARK" "$CONF"; then
+if [ -z "$testbed" ] && [ -e "$CONF" ] && ! grep -qxF "$MARK" "$CONF"; then
   die "$CONF exists and was not written by this script; not touching a real cluster's setup"
 fi
-host=$(hostname -s)
-mkdir -p "$STATE"/{ctld,spool,log}
-# The node as slurmd sees it (cores, sockets, memory); its UpTime line is not config.
-node=$(slurmd -C | grep '^NodeName=')
+mkdir -p "$STATE"/{ctld,spool,log} "$(dirname "$CONF")"
+# The nodes as slurmd sees them (cores, sockets, memory; its UpTime line is not config):
+# the test hosts share this machine's, under their own names.
+node=$(slurmd -C | grep '^NodeName=' | sed "s/^NodeName=[^ ]*/NodeName=$(echo $hosts | tr ' ' ,)/")
+if [ -z "$testbed" ]; then
+  timeouts=
+else
+  # A test host off the network is set DOWN, and its job ended, 20 to 30 s after its last
+  # answer (SLURM's default: 300 s); what runs on it ends by itself (docs/across_nodes.md).
+  timeouts='SlurmdTimeout=20'
+fi
 new=$(cat <<EOF
 $MARK
-ClusterName=sopci
+ClusterName=sop${testbed:+tb}ci
 SlurmctldHost=$host
 SlurmUser=root
 AuthType=auth/munge
@@ -45,11 +82,14 @@ CredType=cred/munge
 # A requeued job waits this long (default 120 s) before it may start again.
 AuthInfo=cred_expire=10
 StateSaveLocation=$STATE/ctld
-SlurmdSpoolDir=$STATE/spool
+# One folder, pid file and log per node (%n: the node's name), as several slurmd may share
+# a filesystem.
+SlurmdSpoolDir=$STATE/spool/%n
 SlurmctldPidFile=$STATE/slurmctld.pid
-SlurmdPidFile=$STATE/slurmd.pid
+SlurmdPidFile=$STATE/slurmd-%n.pid
 SlurmctldLogFile=$STATE/log/slurmctld.log
-SlurmdLogFile=$STATE/log/slurmd.log
+SlurmdLogFile=$STATE/log/slurmd-%n.log
+$timeouts
 # No systemd, no cgroups: processes tracked by their parents, tasks bound by affinity.
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/affinity
@@ -65,14 +105,29 @@ JobCompLoc=$STATE/log/jobcomp.log
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 $node State=UNKNOWN
-PartitionName=main Nodes=$host Default=YES MaxTime=INFINITE State=UP
+PartitionName=main Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
 )
 if [ "$(cat "$CONF" 2>/dev/null)" != "$new" ]; then
   if [ -s "$STATE/started" ]; then   # daemons of ours running on the old configuration
-    "$(dirname "$0")/cluster_down.sh"
+    "$(dirname "$0")/cluster_down.sh" ${testbed:+--testbed}
   fi
   printf '%s\n' "$new" > "$CONF"
+fi
+for h in $hosts; do mkdir -p "$STATE/spool/$h"; done
+if [ -n "$testbed" ]; then
+  # In each host's own mount namespace (gone with the host, or undone by cluster_down.sh):
+  # the cluster's /etc/slurm, and the cgroup folder slurmd 22.05 insists on seeing even
+  # where no cgroup plugin is used (`ip netns exec` hid this machine's under a new /sys).
+  for h in $hosts; do
+    on "$h" sh -ec "
+      mountpoint -q /etc/slurm || mount --bind '$(dirname "$CONF")' /etc/slurm
+      if ! mountpoint -q /sys/fs/cgroup; then
+        mount -t tmpfs -o mode=755 sop-cgroup /sys/fs/cgroup
+        mkdir /sys/fs/cgroup/systemd
+        mount -t cgroup -o none,name=systemd cgroup /sys/fs/cgroup/systemd
+      fi" || die "cannot mount /etc/slurm and /sys/fs/cgroup on $h"
+  done
 fi
 
 alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
@@ -85,22 +140,25 @@ if ! munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1; then
   started munged /run/munge/munged.pid
 fi
 if ! alive "$STATE/slurmctld.pid"; then
-  slurmctld -c || die "slurmctld did not start (see $STATE/log/slurmctld.log)"
+  on "$host" slurmctld -c || die "slurmctld did not start (see $STATE/log/slurmctld.log)"
   started slurmctld "$STATE/slurmctld.pid"
 fi
-if ! alive "$STATE/slurmd.pid"; then
-  slurmd -c || die "slurmd did not start (see $STATE/log/slurmd.log)"
-  started slurmd "$STATE/slurmd.pid"
-fi
+for h in $hosts; do
+  if ! alive "$STATE/slurmd-$h.pid"; then
+    on "$h" slurmd -c || die "slurmd on $h did not start (see $STATE/log/slurmd-$h.log)"
+    started slurmd "$STATE/slurmd-$h.pid"
+  fi
+done
 
+count=$(echo $hosts | wc -w)
 for _ in $(seq 60); do
-  state=$(sinfo -h -n "$host" -o %T 2>/dev/null || true)
-  if [ "$state" = idle ]; then
-    echo "cluster_up.sh: node $host idle ($(sinfo -h -o '%c CPUs, partition %P'))"
+  states=$(on "$host" sinfo -h -N -o %T 2>/dev/null | sort | uniq -c | xargs || true)
+  if [ "$states" = "$count idle" ]; then
+    echo "cluster_up.sh: $(echo $hosts) idle ($(on "$host" sinfo -h -o '%c CPUs each, partition %P'))"
     exit 0
   fi
   sleep 1
 done
 tail -n 20 "$STATE"/log/slurm*.log >&2 || true
-squeue >&2 || true
-die "node $host not idle after 60 s (state: ${state:-none}; sinfo -R says why)"
+on "$host" squeue >&2 || true
+die "nodes not all idle after 60 s (states: ${states:-none}; sinfo -R says why)"
