@@ -14,7 +14,7 @@ BIN := $(abspath $(VENV))/bin
 MPIEXEC := $(if $(filter pypi,$(MPI)),$(BIN)/mpiexec,mpiexec)
 STAMP := $(VENV)/.installed-$(MPI)
 
-.PHONY: setup train test lint gpu-wheels gpu-check-dry-run clean
+.PHONY: setup train test lint docs gpu-wheels gpu-check-dry-run clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,10 @@ train: setup
 
 lint: setup
 	$(BIN)/flake8
+
+# docs/configuration.md from the config dataclasses (tests/test_config.py fails while they differ).
+docs: setup
+	$(BIN)/python -m launch.config_reference docs/configuration.md
 
 # MARKS: a pytest marker expression that narrows both runs, e.g. MARKS='not slow'.
 test: lint

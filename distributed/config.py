@@ -10,6 +10,7 @@ data tree (``data.sop``), the weights (``evaluate.load_model``).
 """
 import ast
 import dataclasses
+import functools
 import inspect
 import math
 import os
@@ -54,7 +55,8 @@ class OptimizerConfig:
     lr: float = 0.1
     """Base learning rate, before scaling by lr_scaling."""
     lr_scaling: typing.Literal['workers', 'batch', 'none'] = 'workers'
-    """'workers': lr x ranks; 'batch': lr x global batch / 256 (Goyal et al.); 'none'."""
+    """'workers': lr x train.chunks (the recipe's workers, whatever the rank count);
+    'batch': lr x global batch / 256 (Goyal et al.); 'none': lr as given."""
     momentum: float = 0.9
     """MomentumSGD momentum."""
     weight_decay: float = 1e-4
@@ -63,7 +65,7 @@ class OptimizerConfig:
     """Linear warm-up length in epochs (0: none)."""
     warmup_start: str = '1'
     """The warm-up starts at the scaled lr x this factor in (0, 1]; 'auto' is
-    min(8 / ranks, 1), as in chainercv's multi-node ImageNet recipe."""
+    min(8 / train.chunks, 1), as in chainercv's multi-node ImageNet recipe."""
     decay_epochs: typing.List[float] = dataclasses.field(default_factory=list)
     """Epochs at which the lr is multiplied by decay_factor."""
     decay_factor: float = 0.1
@@ -413,12 +415,16 @@ def field_doc(schema, name):
     base class that declares it), whitespace collapsed; '' when it has none. Python keeps
     no such literal at run time: it is read from the source."""
     for cls in schema.__mro__:
-        if name not in vars(cls).get('__annotations__', {}):
-            continue
-        body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
-        for field, doc in zip(body, body[1:]):
-            if (isinstance(field, ast.AnnAssign) and field.target.id == name
-                    and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant)):
-                return ' '.join(doc.value.value.split())
-        return ''
+        if name in vars(cls).get('__annotations__', {}):
+            return _field_docs(cls).get(name, '')
     return ''
+
+
+@functools.lru_cache(maxsize=None)
+def _field_docs(cls):
+    """``{field name: its string literal}`` of the class ``cls``, read from its source."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    return {field.target.id: ' '.join(doc.value.value.split())
+            for field, doc in zip(body, body[1:])
+            if isinstance(field, ast.AnnAssign) and isinstance(doc, ast.Expr)
+            and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str)}

@@ -1,8 +1,11 @@
+import os
+
 import pytest
 import yaml
 
 from distributed import config as config_module
 from distributed.config import Config, ConfigError, build, describe, load_config, to_dict
+from launch import config_reference
 
 
 def test_defaults_file_and_overrides_in_order(tmp_path):
@@ -250,11 +253,21 @@ def test_shipped_configs_load():
         assert build(Config, name).model.arch == 'resnet50'
 
 
-def test_readme_table_lists_every_key():
-    import os
-    readme = open(os.path.join(os.path.dirname(__file__), '..', 'README.md')).read()
-    missing = [key for key, _, _, _ in describe(Config) if '| `{}` |'.format(key) not in readme]
-    assert not missing, 'add these keys to the README table: {}'.format(missing)
+def test_the_reference_page_is_the_code():
+    page = os.path.join(os.path.dirname(__file__), '..', 'docs', 'configuration.md')
+    with open(page) as f:
+        written = f.read()
+    assert written == config_reference.render(), (
+        'docs/configuration.md differs from the config dataclasses; run make docs')
+
+
+@pytest.mark.parametrize('command, name', config_reference.SCHEMAS)
+def test_every_key_of_every_launcher_is_described(command, name):
+    page = config_reference.render()
+    assert f'## `{command}`' in page
+    for key, _, _, meaning in describe(config_reference.load_schema(name)):
+        assert f'| `{key}` |' in page, key
+        assert meaning, f'{key} has no description under its field'
 
 
 @pytest.mark.parametrize('key, bad', [
