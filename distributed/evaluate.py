@@ -21,7 +21,8 @@ import numpy
 
 from distributed import checkpoint, weights
 from distributed.config import Config, ConfigError, ModelConfig, build, validate
-from distributed.data import decoded, read_on_root, sop, split_empty, unreadable_report
+from distributed.data import read_on_root, sop, split_empty, unreadable_report
+from distributed.data.datasets import decoded
 from distributed.data.transforms import ValTransform
 from distributed.model import create_model, mean_of
 from distributed.runtime import InputConverter, naming

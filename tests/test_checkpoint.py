@@ -19,7 +19,8 @@ from chainer.training import extensions
 
 from distributed import checkpoint
 from distributed.config import load_config, to_dict
-from distributed.data.stream import ChunkIterator, StreamExamples
+from distributed.data.datasets import StreamExamples
+from distributed.data.stream import ChunkIterator
 from distributed.data.transforms import draws
 from distributed.updater import ChunkUpdater
 from distributed.liveness import STOP_SIGNALS, StopSignal

@@ -211,7 +211,7 @@ def test_odd_and_broken_images_are_decoded_as_in_training_or_named(
         small_sop, model_file, tmp_path, one_rank_runtime):
     """An RGBA PNG behind a .JPG name is evaluated (alpha dropped, as training reads it); an
     undecodable file is named and skipped, or stops the evaluation with data.on_bad_image."""
-    from distributed.data.safe_images import BadImageError
+    from distributed.data.datasets import BadImageError
     from distributed.evaluate import evaluate
     root = tmp_path / 'sop'
     shutil.copytree(small_sop, root)

@@ -4,11 +4,10 @@ import socket
 
 import chainer
 import chainermn
-from chainer.datasets import TransformDataset
 
 from distributed.data import sop
-from distributed.data.safe_images import SkipUnreadable, gather_skipped
-from distributed.data.stream import ChunkIterator, StreamExamples
+from distributed.data.datasets import StreamExamples, decoded, gather_skipped
+from distributed.data.stream import ChunkIterator
 from distributed.data.transforms import TrainTransform, ValTransform
 
 
@@ -16,24 +15,16 @@ def create_datasets(config, runtime, chunks):
     """The run's train stream and this rank's shard of the test split, with their
     transforms; collective.
 
-    The train dataset is a ``stream.StreamExamples`` of the whole train split (every rank
+    The train dataset is a ``datasets.StreamExamples`` of the whole train split (every rank
     holds the list), indexed by stream position, for a run of ``chunks`` chunks per global
     batch. Examples are decoded by the transforms into uint8 images; files that do not
-    decode are handled as ``data.on_bad_image`` says (see ``safe_images``).
+    decode are handled as ``data.on_bad_image`` says (``datasets.decoded``).
     """
     train, test = split_for_run(config, runtime, chunks)
     crop, scale = config.data.crop_size, config.data.scale_size
     return (decoded(StreamExamples(train, config.train.seed), TrainTransform(crop), config,
                     runtime.rank, images=len(train)),
             decoded(test, ValTransform(crop, scale), config, runtime.rank, substitute=False))
-
-
-def decoded(pairs, transform, config, rank, substitute=True, images=None):
-    """(file path, label) ``pairs`` as ``transform``'s uint8 images: any file that decodes
-    is used, the others are handled as ``data.on_bad_image`` says (see ``safe_images``).
-    ``images``: how many distinct images ``pairs`` holds (default: its length)."""
-    return SkipUnreadable(TransformDataset(pairs, transform),
-                          config.data.on_bad_image, rank, substitute, images)
 
 
 def split_for_run(config, runtime, chunks):

@@ -10,12 +10,12 @@ shards equal: a global batch may span the end of one epoch and the start of the 
 chainer's iterators do. On ``N`` ranks (``N`` dividing ``chunks``) rank ``r`` takes chunks
 ``r * chunks / N`` to ``(r + 1) * chunks / N - 1`` of every global batch, so chunk ``k``
 is the same images at any rank count. Each image's augmentation draws from
-``(train.seed, epoch, position in the epoch)`` (``TrainTransform``), never from a
-process's generators: serial or multiprocess loader, 1 rank or ``chunks`` ranks, the same
-image gets the same crop and flip at the same step.
+``(train.seed, epoch, position in the epoch)`` (``datasets.StreamExamples`` gives the key,
+``TrainTransform`` draws), never from a process's generators: serial or multiprocess
+loader, 1 rank or ``chunks`` ranks, the same image gets the same crop and flip at the
+same step.
 """
 import multiprocessing
-import sys
 
 import chainer
 import numpy
@@ -25,39 +25,6 @@ def permutation(seed, epoch, images):
     """The order of the ``images`` images in ``epoch`` (int64 array), from NumPy's
     ``SeedSequence`` of ``(seed, epoch)``: the same in every process and rank."""
     return numpy.random.default_rng([seed, epoch]).permutation(images)
-
-
-class StreamExamples(chainer.dataset.DatasetMixin):
-    """The stream's positions as a dataset: example ``p`` is ``(path, label, draw)`` of
-    the image at position ``p``, ``draw = (seed, epoch, position in the epoch)`` the key
-    its augmentation draws from (``TrainTransform``).
-
-    Its length is ``sys.maxsize`` (the stream has no end); ``images`` is the number of
-    distinct images. Picklable, so loader worker processes get it whole.
-    """
-
-    def __init__(self, pairs, seed):
-        self.pairs = pairs
-        self.seed = seed
-        self.images = len(pairs)
-        self._orders = {}
-
-    def __len__(self):
-        return sys.maxsize
-
-    def get_example(self, p):
-        epoch, position = divmod(int(p), self.images)
-        order = self._orders.get(epoch)
-        if order is None:
-            # Two epochs at most are in use at once (a batch spanning their boundary).
-            if len(self._orders) > 1:
-                self._orders.pop(min(self._orders))
-            order = self._orders[epoch] = permutation(self.seed, epoch, self.images)
-        path, label = self.pairs[order[position]]
-        return path, label, (self.seed, epoch, position)
-
-    def __getstate__(self):
-        return dict(self.__dict__, _orders={})
 
 
 def parts_of_rank(chunks, batch_size, ranks, rank):
@@ -93,7 +60,7 @@ def _load(position):
 class ChunkIterator(chainer.dataset.Iterator):
     """This rank's chunks of the stream's global batches: ``next()`` returns a list of
     chunks (each a list of ``batch_size`` examples, or of a part of a chunk on more ranks
-    than chunks, of ``examples``, a ``StreamExamples``
+    than chunks, of ``examples``, a ``datasets.StreamExamples``
     wrapped as the loader decodes it), the rank's part of one global batch.
 
     Its state is the global position alone (global batches done), the same on every rank;

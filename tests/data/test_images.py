@@ -20,7 +20,7 @@ import pytest
 from PIL import Image, ImageCms, ImageOps
 
 from distributed.data import images
-from distributed.data.safe_images import UnreadableImage
+from distributed.data.images import UnreadableImage
 from distributed.data.transforms import TrainTransform, ValTransform
 
 from launching import REPO
@@ -291,7 +291,7 @@ def test_postscript_behind_a_jpg_name_is_refused_and_runs_nothing(tmp_path):
     (bin_dir / 'gs').write_text('#!/bin/sh\necho "$@" >> {}\nexit 1\n'.format(ran))
     (bin_dir / 'gs').chmod(0o755)
     code = ('import distributed\n'
-            'from distributed.data.safe_images import UnreadableImage\n'
+            'from distributed.data.images import UnreadableImage\n'
             'from distributed.data.transforms import TrainTransform, ValTransform\n'
             'import sys\n'
             'for transform in (ValTransform(32, 32), TrainTransform(32)):\n'

@@ -5,7 +5,7 @@ import numpy
 import pytest
 from PIL import Image
 
-from distributed.data.safe_images import BadImageError, SkipUnreadable
+from distributed.data.datasets import BadImageError, SkipUnreadable
 from distributed.data.transforms import TrainTransform, ValTransform
 
 
