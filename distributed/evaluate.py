@@ -19,7 +19,8 @@ import chainer.functions as F
 import chainermn
 import numpy
 
-from distributed import checkpoint, weights
+from distributed import weights
+from distributed.checkpoint.files import trained_with
 from distributed.config import Config, ConfigError, ModelConfig, build, validate
 from distributed.data import read_on_root, sop, split_empty, unreadable_report
 from distributed.data.datasets import decoded
@@ -89,7 +90,7 @@ def load_model(config):
     try:
         arrays = weights.read_npz(weights.read_bytes(path), 'model file ' + path)
         weights.load_weights(model, weights.model_arrays(arrays), 'model file ' + path,
-                             config.model.arch, checkpoint.trained_with(arrays))
+                             config.model.arch, trained_with(arrays))
     except weights.WeightsError as e:
         raise ConfigError(str(e))
     return model

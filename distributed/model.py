@@ -1,4 +1,6 @@
 """The zero-gamma ResNet classifier (Goyal et al. 2017, section 5.1)."""
+import random
+
 import chainer
 import numpy
 from chainercv.links import ResNet50, ResNet101, ResNet152
@@ -46,3 +48,11 @@ def batchnorm_statistics(model):
     return [getattr(link, name) for _, link in sorted(model.namedlinks())
             if isinstance(link, chainer.links.BatchNormalization)
             for name in ('avg_mean', 'avg_var')]
+
+
+def seed_random_state(seed):
+    """Seed Python's and NumPy's global generators: the initial weights draw from them
+    (rank 0's are broadcast). Augmentations draw from keys of their own
+    (``transforms.draws``), so no generator state is part of a checkpoint."""
+    random.seed(seed)
+    numpy.random.seed(seed)

@@ -6,6 +6,8 @@ import chainermn
 import numpy
 from chainer.optimizer_hooks import WeightDecay
 
+from distributed.triggers import PRIORITY
+
 REFERENCE_BATCH = 256  # Goyal et al. 2017: lr = base x global batch / 256
 
 
@@ -148,10 +150,11 @@ def schedule_extension(schedule):
     """A trainer extension that sets the lr for the next update (and at start or resume).
 
     It runs after the extensions that read (``observe_lr`` logs the lr the update used),
-    before the checkpointer, which then saves the lr of the next update.
+    before the checkpointer, which then saves the lr of the next update
+    (``triggers.PRIORITY``).
     """
     def set_lr(trainer):
         trainer.updater.get_optimizer('main').lr = schedule(trainer.updater.iteration)
     return chainer.training.make_extension(
-        trigger=(1, 'iteration'), priority=chainer.training.PRIORITY_READER - 1,
+        trigger=(1, 'iteration'), priority=PRIORITY['lr_schedule'],
         initializer=set_lr, default_name='lr_schedule')(set_lr)

@@ -16,7 +16,7 @@ import chainer
 import numpy
 
 import distributed
-from distributed import comm as comm_module, compat, cudnn, liveness
+from distributed import comm as comm_module, compat, cudnn, liveness, threads
 
 GPU_COMMUNICATORS = ('pure_nccl', 'flat', 'non_cuda_aware')
 """ChainerMN communicators that move CuPy arrays (none of them runs on the CPU)."""
@@ -369,6 +369,17 @@ def _gpu_lines(runtime):
     else:
         lines.append('NCCL: absent (gradients go through MPI, which must be CUDA-aware)')
     return lines
+
+
+def describe_ranks(runtime):
+    """``'ranks: 0 pid 123 on host (2 threads), ...'``, each rank's process, host and BLAS
+    threads (chosen per node: its cores shared by its ranks), on rank 0 (None on the
+    others); collective. Lets a message from mpiexec about a process id be traced to its
+    rank."""
+    blas = threads.PER_RANK or "NumPy's"
+    where = runtime.comm.mpi_comm.gather(
+        f'{runtime.rank} pid {os.getpid()} on {socket.gethostname()} ({blas} threads)')
+    return 'ranks: ' + ', '.join(where) if runtime.is_root else None
 
 
 def describe_runtime(runtime):

@@ -8,40 +8,44 @@ progress for train.stall_timeout seconds (it prints its stacks); 128 + signal nu
 import sys
 
 import distributed  # noqa: F401  (applies the compat shims before chainer is imported)
-from distributed.checkpoint import CheckpointError, run_chunks, seed_random_state
+from distributed.checkpoint.files import CheckpointError
+from distributed.checkpoint.resume import resume, run_chunks
 from distributed.config import ConfigError, load_config
 from distributed.data import create_datasets, create_iterators
 from distributed.data.sop import DataError
 from distributed.liveness import StopSignal
-from distributed.model import create_model
+from distributed.model import create_model, seed_random_state
 from distributed.optim import create_optimizer, create_schedule
-from distributed.runtime import StartupError, create_runtime, describe_runtime
-from distributed.trainer import create_trainer, describe, run
+from distributed.reports import describe
+from distributed.runtime import StartupError, create_runtime, describe_ranks, describe_runtime
+from distributed.trainer import create_trainer, run
 from launch import cli
 
 
 def train(config, stop_signal):
     runtime = create_runtime(config)
+    where = describe_ranks(runtime)
     if runtime.is_root:
-        print(describe_runtime(runtime), flush=True)
+        print(describe_runtime(runtime), where, sep='\n', flush=True)
     chunks = run_chunks(config, runtime.comm, runtime.is_root)
     if runtime.is_root and runtime.size > chunks:
-        print('train.split_chunks: {} ranks split each of the {} chunks in {} parts of {} '
-              'images; BatchNorm normalises the parts, so this run follows a {}-rank one to '
-              'a tolerance only'.format(runtime.size, chunks, runtime.size // chunks,
-                                        config.train.batch_size * chunks // runtime.size,
-                                        chunks), flush=True)
+        print(f'train.split_chunks: {runtime.size} ranks split each of the {chunks} chunks in '
+              f'{runtime.size // chunks} parts of '
+              f'{config.train.batch_size * chunks // runtime.size} images; BatchNorm '
+              f'normalises the parts, so this run follows a {chunks}-rank one to a tolerance '
+              'only', flush=True)
     seed_random_state(config.train.seed)  # reproducible weights (rank 0's are broadcast)
     model = create_model(config.model.arch, zero_gamma=config.model.zero_gamma)
     train_set, test_set = create_datasets(config, runtime, chunks)
     model.to_device(runtime.device)
-    train_iter, test_iter = create_iterators(config, train_set, test_set, runtime, chunks)
-    iters_per_epoch = train_set.images / train_iter.global_batch
+    iterators = create_iterators(config, train_set, test_set, runtime, chunks)
+    iters_per_epoch = train_set.images / iterators[0].global_batch
     # The recipe of C workers, whatever the rank count: lr, warm-up start.
     schedule = create_schedule(config, chunks, iters_per_epoch)
     optimizer = create_optimizer(config, model, runtime.comm, schedule)
-    trainer = create_trainer(config, runtime, model, optimizer, train_iter, test_iter, schedule,
+    trainer = create_trainer(config, runtime, model, optimizer, iterators, schedule,
                              stop_signal)
+    resume(trainer, config, runtime)  # from the checkpoint config.resume names, if any
     return runtime, run(trainer, config, runtime, (train_set, test_set))
 
 

@@ -14,7 +14,9 @@ import distributed  # noqa: F401
 import chainer
 import numpy
 
-from distributed import checkpoint
+from distributed.across_ranks import mean_batchnorm_statistics
+from distributed.checkpoint.resume import synchronize_weights, run_chunks
+from distributed.model import seed_random_state
 from distributed.config import load_config
 from distributed.data import create_datasets, create_iterators
 from distributed.model import create_model
@@ -46,13 +48,13 @@ def images(config, runtime, chunks):
 
 
 def step(config, runtime, chunks):
-    checkpoint.seed_random_state(config.train.seed)
+    seed_random_state(config.train.seed)
     model = create_model(config.model.arch, zero_gamma=False)
     train, test = create_datasets(config, runtime, chunks)
     iterator, test_iter = create_iterators(config, train, test, runtime, chunks)
     schedule = create_schedule(config, chunks, 10)
     optimizer = create_optimizer(config, model, runtime.comm, schedule)
-    checkpoint._mark_synchronized(optimizer, runtime.comm)
+    synchronize_weights(optimizer, runtime.comm)
     updater = ChunkUpdater(iterator, optimizer, InputConverter(model.predictor.mean),
                            runtime.device, loss_function(runtime.comm, model))
     reporter = chainer.Reporter()
@@ -61,7 +63,7 @@ def step(config, runtime, chunks):
     with reporter.scope(observation):
         updater.update()
     loss = runtime.comm.mpi_comm.allreduce(float(observation['main/loss'])) / runtime.size
-    checkpoint.mean_batchnorm_statistics(model, runtime.comm)
+    mean_batchnorm_statistics(model, runtime.comm)
     iterator.finalize()
     grads = {name: param.grad for name, param in sorted(model.namedparams())}
     stats = {str(i): array for i, array in enumerate(batchnorm_statistics(model))}
@@ -75,7 +77,7 @@ def main():
     what, out = sys.argv[1], sys.argv[2]
     config = load_config(None, sys.argv[3:])
     runtime = create_runtime(config)
-    chunks = checkpoint.run_chunks(config, runtime.comm, runtime.is_root)
+    chunks = run_chunks(config, runtime.comm, runtime.is_root)
     result = {'images': images, 'step': step}[what](config, runtime, chunks)
     runtime.watchdog.stop()
     if runtime.is_root:

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import signal
+from types import SimpleNamespace
 
 import distributed  # noqa: F401
 import chainer
@@ -17,8 +18,11 @@ import numpy
 import pytest
 from chainer.training import extensions
 
-from distributed import checkpoint
-from distributed.config import load_config, to_dict
+from distributed.checkpoint.extension import attach
+from distributed.checkpoint.files import FORMAT, CheckpointError, find_latest, read_checkpoint, save
+from distributed.checkpoint.resume import choose, fit, load, rank_count_refusal
+from distributed.model import seed_random_state
+from distributed.config import CheckpointConfig, load_config, to_dict
 from distributed.data.datasets import StreamExamples
 from distributed.data.stream import ChunkIterator
 from distributed.data.transforms import draws
@@ -48,9 +52,9 @@ CHUNKS = 2
 
 
 def record(ranks, *overrides):
-    """A run's record as ``checkpoint.describe_run`` makes it, for the toy trainer."""
+    """A run's record as ``checkpoint.resume.describe_run`` makes it, for the toy trainer."""
     overrides = ('train.chunks={}'.format(CHUNKS),) + overrides
-    return {'format': checkpoint.FORMAT, 'config': to_dict(load_config(None, overrides)),
+    return {'format': FORMAT, 'config': to_dict(load_config(None, overrides)),
             'ranks': ranks, 'data': {'train_images': 10, 'train_sha256': 'toy'}}
 
 
@@ -59,7 +63,7 @@ def make_trainer(out, iterations, interval=2, keep=3, seed=0):
     examples per global batch, on 1 or 2 ranks; on 2 each rank sees its own chunk, so
     its BatchNorm statistics are its own; rank 0 writes."""
     comm = chainermn.create_communicator('naive')
-    checkpoint.seed_random_state(seed)
+    seed_random_state(seed)
     pairs = list(zip(numpy.random.RandomState(1).rand(10, 6).astype(numpy.float32),
                      numpy.arange(10, dtype=numpy.int32) % 3))
     data = chainer.datasets.TransformDataset(StreamExamples(pairs, seed), noisy)
@@ -73,8 +77,9 @@ def make_trainer(out, iterations, interval=2, keep=3, seed=0):
     trainer.extend(extensions.LogReport(trigger=(1, 'iteration')))
     stop_signal = StopSignal()
     stop_signal.install()
-    checkpoint.attach(trainer, comm, comm.rank == 0, interval, keep, stop_signal,
-                      record(comm.size) if comm.rank == 0 else None)
+    attach(trainer, SimpleNamespace(comm=comm, is_root=comm.rank == 0),
+           CheckpointConfig(interval=interval, keep=keep), stop_signal,
+           record(comm.size) if comm.rank == 0 else None)
     return trainer, comm
 
 
@@ -96,31 +101,31 @@ def run(trainer):
 
 
 def test_find_latest_takes_the_highest_finished_iteration(tmp_path):
-    assert checkpoint.find_latest(str(tmp_path)) is None
-    assert checkpoint.find_latest(str(tmp_path / 'absent')) is None
+    assert find_latest(str(tmp_path)) is None
+    assert find_latest(str(tmp_path / 'absent')) is None
     for name in ('snapshot_iter_9.npz', 'snapshot_iter_10.npz', 'snapshot_iter_2.npz',
                  'snapshot_iter_11.npz.part', 'model.npz'):
         (tmp_path / name).write_bytes(b'x')
     (tmp_path / 'tmpsnapshot_iter_12.npzabc').mkdir()
-    assert checkpoint.find_latest(str(tmp_path)) == str(tmp_path / 'snapshot_iter_10.npz')
+    assert find_latest(str(tmp_path)) == str(tmp_path / 'snapshot_iter_10.npz')
 
 
 def test_resume_settings(tmp_path):
     out = str(tmp_path)
     mine = record(1)
-    assert checkpoint.choose('', out, mine, 1) == (None, None, None, [], [])
-    assert checkpoint.choose('auto', out, mine, 1) == (None, None, None, [
+    assert choose('', out, mine, 1) == (None, None, None, [], [])
+    assert choose('auto', out, mine, 1) == (None, None, None, [
         'resume=auto: {} holds no checkpoint (snapshot_iter_<N>.npz); starting afresh'.format(
             out)], [])
-    with pytest.raises(checkpoint.CheckpointError, match='no such checkpoint'):
-        checkpoint.choose(str(tmp_path / 'nope.npz'), out, mine, 1)
-    with pytest.raises(checkpoint.CheckpointError, match='holds no checkpoint'):
-        checkpoint.choose(out, out, mine, 1)
+    with pytest.raises(CheckpointError, match='no such checkpoint'):
+        choose(str(tmp_path / 'nope.npz'), out, mine, 1)
+    with pytest.raises(CheckpointError, match='holds no checkpoint'):
+        choose(out, out, mine, 1)
     trainer, _ = make_trainer(tmp_path, 1, interval=0)
     run(trainer)
     written = str(tmp_path / 'snapshot_iter_1.npz')
     for resume in ('auto', out, written):
-        path, data, arrays, skipped, changed = checkpoint.choose(resume, out, mine, 1)
+        path, data, arrays, skipped, changed = choose(resume, out, mine, 1)
         assert (path, skipped, changed) == (written, [], [])
         assert 'updater/iteration' in arrays and data == open(written, 'rb').read()
 
@@ -161,7 +166,7 @@ def test_a_write_that_dies_midway_leaves_the_previous_checkpoint(tmp_path, monke
     for name, data in written.items():
         assert (tmp_path / name).read_bytes() == data, name
     resumed, comm = make_trainer(tmp_path, 5)
-    (path, iteration), _ = checkpoint.load(resumed, comm, True, 'auto', str(tmp_path))
+    (path, iteration), _ = load(resumed, comm, True, 'auto', str(tmp_path))
     resumed.get_extension('checkpointer').stop_signal.uninstall()
     assert (os.path.basename(path), iteration) == ('snapshot_iter_3.npz', 3)
 
@@ -184,7 +189,7 @@ def test_resume_is_exact(tmp_path):
     first, _ = make_trainer(tmp_path / 'resumed', 5)
     run(first)
     second, comm = make_trainer(tmp_path / 'resumed', 10)
-    (path, iteration), lines = checkpoint.load(second, comm, True, 'auto',
+    (path, iteration), lines = load(second, comm, True, 'auto',
                                                str(tmp_path / 'resumed'))
     assert lines == ['resumed from {} at iteration 5'.format(path)]
     assert (os.path.basename(path), iteration) == ('snapshot_iter_5.npz', 5)
@@ -217,49 +222,49 @@ def test_a_signal_stops_after_a_checkpoint(tmp_path):
         signal.signal(signal.SIGTERM, previous)
     assert checkpointer.stopped_by == signal.SIGTERM
     assert trainer.updater.iteration == 3
-    assert checkpoint.find_latest(str(tmp_path)) == str(tmp_path / 'snapshot_iter_3.npz')
+    assert find_latest(str(tmp_path)) == str(tmp_path / 'snapshot_iter_3.npz')
     assert after == before
 
 
 def test_resume_with_a_foreign_file_is_a_clear_error(tmp_path):
     (tmp_path / 'snapshot_iter_3.npz').write_bytes(b'not a checkpoint')
     trainer, comm = make_trainer(tmp_path, 5)
-    with pytest.raises(checkpoint.CheckpointError, match='snapshot_iter_3.npz'):
-        checkpoint.load(trainer, comm, True, 'auto', str(tmp_path))
+    with pytest.raises(CheckpointError, match='snapshot_iter_3.npz'):
+        load(trainer, comm, True, 'auto', str(tmp_path))
     trainer.get_extension('checkpointer').stop_signal.uninstall()
 
 
 def test_a_rank_count_that_does_not_divide_the_chunks_is_refused_in_one_line():
     for chunks, ranks, works in ((4, 3, '1, 2, 4'), (2, 3, '1, 2'), (6, 4, '1, 2, 3, 6')):
         saved = record(2, 'train.chunks={}'.format(chunks))
-        with pytest.raises(checkpoint.CheckpointError) as refused:
-            checkpoint.fit('c.npz', saved, saved, ranks)
+        with pytest.raises(CheckpointError) as refused:
+            fit('c.npz', saved, saved, ranks)
         assert str(refused.value) == (
             'checkpoint c.npz: the run has {} chunks per global batch (train.chunks), which '
             '{} rank(s) cannot share; run it on {} ranks, or start afresh in another out '
             'folder'.format(chunks, ranks, works))
     # Any count that divides them resumes, and says what changed.
     saved = record(4, 'train.chunks=4')
-    assert checkpoint.fit('c.npz', saved, record(1, 'train.chunks=4'), 1) == []
-    assert checkpoint.fit('c.npz', saved, saved, 2) == []
+    assert fit('c.npz', saved, record(1, 'train.chunks=4'), 1) == []
+    assert fit('c.npz', saved, saved, 2) == []
     # More ranks than chunks: only when asked for, and when they split every chunk evenly.
     saved = record(2, 'train.chunks=2', 'train.batch_size=4')
-    with pytest.raises(checkpoint.CheckpointError) as refused:
-        checkpoint.fit('c.npz', saved, saved, 4)
+    with pytest.raises(CheckpointError) as refused:
+        fit('c.npz', saved, saved, 4)
     assert str(refused.value) == (
         'checkpoint c.npz: the run has 2 chunks per global batch (train.chunks), which 4 '
         'rank(s) cannot share; run it on 1, 2 ranks (or split each chunk in 2 with '
         'train.split_chunks=true), or start afresh in another out folder')
     split = record(4, 'train.chunks=2', 'train.batch_size=4', 'train.split_chunks=true')
-    assert checkpoint.fit('c.npz', saved, split, 4) == [
+    assert fit('c.npz', saved, split, 4) == [
         'changed on resume: train.split_chunks false -> true']
-    with pytest.raises(checkpoint.CheckpointError, match=r'which 6 rank\(s\) cannot share; '
+    with pytest.raises(CheckpointError, match=r'which 6 rank\(s\) cannot share; '
                        r'run it on 1, 2 ranks \(train.split_chunks=true needs a rank count '
                        r'that is a multiple of 2 and splits each chunk\'s 4 images evenly\), '
                        'or start afresh in another out folder'):
-        checkpoint.fit('c.npz', saved, split, 6)  # 4 images in 3 parts
+        fit('c.npz', saved, split, 6)  # 4 images in 3 parts
     # A fresh run of train.chunks=2 on 3 ranks has no checkpoint to leave behind.
-    assert checkpoint.rank_count_refusal(2, 3, 4, fresh=True) == (
+    assert rank_count_refusal(2, 3, 4, fresh=True) == (
         'the run has 2 chunks per global batch (train.chunks), which 3 rank(s) cannot share; '
         'run it on 1, 2 ranks, or set train.chunks to a multiple of 3 (0: the rank count)')
 
@@ -288,7 +293,7 @@ def test_a_checkpoint_holds_the_batchnorm_statistics_averaged_over_ranks(tmp_pat
     second, comm = make_trainer(tmp_path, 4)
     try:
         # Only rank 0 reads its out folder (each rank has its own tmp_path).
-        checkpoint.load(second, comm, comm.rank == 0, 'auto', str(tmp_path))
+        load(second, comm, comm.rank == 0, 'auto', str(tmp_path))
     finally:
         second.get_extension('checkpointer').stop_signal.uninstall()
     resumed = batchnorm_statistics(second)
@@ -301,7 +306,7 @@ def test_the_sums_of_the_numbers_to_log_are_kept_whole_at_any_rank_count(tmp_pat
     the checkpoint keeps the ranks' total, and the ranks of the resumed job, however
     many, share it."""
     from chainer.serializers import npz
-    from distributed.trainer import MeanAcrossRanks
+    from distributed.across_ranks import MeanAcrossRanks
 
     def sums(iterations):
         trainer, comm = make_trainer(tmp_path, iterations, interval=3)
@@ -317,7 +322,7 @@ def test_the_sums_of_the_numbers_to_log_are_kept_whole_at_any_rank_count(tmp_pat
         'the ranks saw the same losses: no check'
     second, comm = sums(6)
     try:
-        checkpoint.load(second, comm, comm.rank == 0, 'auto', str(tmp_path))
+        load(second, comm, comm.rank == 0, 'auto', str(tmp_path))
     finally:
         second.get_extension('checkpointer').stop_signal.uninstall()
     resumed = npz.serialize(second.get_extension('mean_across_ranks'))
@@ -356,7 +361,7 @@ def test_auto_resumes_from_the_newest_checkpoint_that_reads(tmp_path, monkeypatc
                'folder': 'cannot be read (Is a directory)',
                'not_an_array': 'notes is not a numpy array',
                'unreadable': 'cannot be read (Permission denied)'}
-    path, _, _, skipped, _ = checkpoint.choose('auto', str(tmp_path), record(1), 1)
+    path, _, _, skipped, _ = choose('auto', str(tmp_path), record(1), 1)
     assert path == str(good)
     assert len(skipped) == len(reasons)
     for line, how in zip(skipped, reversed(list(damaged))):
@@ -365,8 +370,8 @@ def test_auto_resumes_from_the_newest_checkpoint_that_reads(tmp_path, monkeypatc
         assert reasons[how] in line, line
     for how, file in damaged.items():
         if how != 'folder':  # a folder is searched for checkpoints
-            with pytest.raises(checkpoint.CheckpointError) as failed:
-                checkpoint.choose(str(file), str(tmp_path), record(1), 1)
+            with pytest.raises(CheckpointError) as failed:
+                choose(str(file), str(tmp_path), record(1), 1)
             assert str(failed.value).startswith('resume={}: {}'.format(file, file))
             assert reasons[how] in str(failed.value) and '\n' not in str(failed.value)
     for name in os.listdir(tmp_path):
@@ -374,24 +379,24 @@ def test_auto_resumes_from_the_newest_checkpoint_that_reads(tmp_path, monkeypatc
             os.remove(tmp_path / name)
     os.remove(good)
     os.remove(tmp_path / 'snapshot_iter_1.npz')
-    with pytest.raises(checkpoint.CheckpointError,
+    with pytest.raises(CheckpointError,
                        match=r'resume=auto: none of the 7 checkpoint\(s\) in .* reads'):
-        checkpoint.choose('auto', str(tmp_path), record(1), 1)
+        choose('auto', str(tmp_path), record(1), 1)
 
 
 def test_none_values_are_listed_not_pickled(tmp_path):
     """chainer's writer stores None as an object array, which only pickle reads: the
     checkpoint lists those keys instead, and reading gives None back."""
     path = str(tmp_path / 'snapshot_iter_1.npz')
-    checkpoint.save(path, {'a/none': numpy.asarray(None), 'a/one': numpy.ones(2),
+    save(path, {'a/none': numpy.asarray(None), 'a/one': numpy.ones(2),
                            'meta/record': text_array(record(1))})
     with numpy.load(path, allow_pickle=False) as archive:
         assert sorted(archive.files) == ['a/one', 'meta/none', 'meta/record']
         assert json.loads(archive['meta/none'].tobytes()) == ['a/none']
-    arrays, saved = checkpoint.read_checkpoint(open(path, 'rb').read(), path)
+    arrays, saved = read_checkpoint(open(path, 'rb').read(), path)
     assert arrays['a/none'][()] is None and saved == record(1)
     with pytest.raises(TypeError, match=r'Python objects at \[.a/list.\]'):
-        checkpoint.save(path, {'a/list': numpy.array([{}], object)})
+        save(path, {'a/list': numpy.array([{}], object)})
 
 
 def test_checkpoints_of_a_run_hold_no_python_objects(tmp_path):
@@ -421,8 +426,8 @@ def test_checkpoints_that_would_run_code_are_refused(tmp_path):
     for name, message in (('old.npz', 'written by an earlier version of launch.train'),
                           ('objects.npz', 'holds updater/model:main/predictor/fc1/W as '
                                           'Python objects')):
-        with pytest.raises(checkpoint.CheckpointError, match=message):
-            checkpoint.choose(str(tmp_path / name), str(tmp_path), record(1), 1)
+        with pytest.raises(CheckpointError, match=message):
+            choose(str(tmp_path / name), str(tmp_path), record(1), 1)
     assert not marker.exists()
 
 
@@ -436,16 +441,16 @@ def test_what_may_change_on_resume_and_what_may_not():
                            'train.dtype mixed16 -> float32'),
                           (dict(mine, data={'train_images': 9, 'train_sha256': 'other'}),
                            'the train split (data.root) 9 images, sha256 other -> 10 images')):
-        with pytest.raises(checkpoint.CheckpointError) as refused:
-            checkpoint.fit('c.npz', saved, mine, 2)
+        with pytest.raises(CheckpointError) as refused:
+            fit('c.npz', saved, mine, 2)
         assert str(refused.value).startswith(
             'checkpoint c.npz cannot resume in this run, which changes what it means: '
             + change), str(refused.value)
-    with pytest.raises(checkpoint.CheckpointError, match='which 3 rank.s. cannot share'):
-        checkpoint.fit('c.npz', mine, mine, 3)
+    with pytest.raises(CheckpointError, match='which 3 rank.s. cannot share'):
+        fit('c.npz', mine, mine, 3)
     saved = record(2, 'train.batch_size=8', 'data.root=/old', 'optimizer.lr=0.2',
                    'train.epochs=3', 'resume=auto')
-    assert checkpoint.fit('c.npz', saved, mine, 2) == [
+    assert fit('c.npz', saved, mine, 2) == [
         'changed on resume: data.root /old -> minisop',
         'changed on resume: optimizer.lr 0.2 -> 0.1',
         'changed on resume: train.epochs 3.0 -> 90.0']
@@ -454,9 +459,9 @@ def test_what_may_change_on_resume_and_what_may_not():
 def test_a_write_to_a_full_disk_names_the_file(tmp_path):
     # /dev/full fails every write with ENOSPC, at a flush or a close, as a full disk does:
     # the OS's error names no file, and the one line the job ends with must.
-    from distributed.trainer import write_config
+    from distributed.reports import write_config
     with pytest.raises(OSError) as error:
-        checkpoint.save('/dev/full', {'a': numpy.zeros(100000, numpy.float32)})
+        save('/dev/full', {'a': numpy.zeros(100000, numpy.float32)})
     assert str(error.value) == "[Errno 28] No space left on device: '/dev/full'"
     (tmp_path / 'config.yaml').symlink_to('/dev/full')
     with pytest.raises(OSError) as error:

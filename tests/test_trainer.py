@@ -7,8 +7,9 @@ import numpy
 import pytest
 from chainer.training import extensions
 
-from distributed.trainer import (EveryAndAtEnd, MeanAcrossRanks, MeanBatchNormStatistics,
-                                 TerminalOnly, describe)
+from distributed.across_ranks import MeanAcrossRanks, MeanBatchNormStatistics
+from distributed.reports import TerminalOnly, describe
+from distributed.triggers import EveryAndAtEnd
 
 
 class Reporting(chainer.Link):
