@@ -11,7 +11,7 @@ import os
 import random
 
 from distributed.config import Config, ConfigError, build, validate
-from distributed.data import sop
+from distributed.data import resolve_root, sop
 from distributed.data.images import UnreadableImage, open_image
 
 PER_ROW = 5
@@ -141,7 +141,7 @@ def format_overlap(overlap, root):
 
 def view_samples(config):
     """Write the grids and run the overlap check; (grid paths, Overlap, report text)."""
-    root = sop.resolve_root(config.data.root)
+    root = resolve_root(config.data.root)
     error = sop.check_tree(root)
     if error:
         raise sop.DataError(error)

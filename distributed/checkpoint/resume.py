@@ -16,7 +16,7 @@ from distributed import weights
 from distributed.checkpoint.files import (FORMAT, CheckpointError, list_checkpoints,
                                           read_checkpoint, read_record)
 from distributed.config import to_dict
-from distributed.data import sop
+from distributed.data import resolve_root, sop
 
 REFUSED = {
     'model.arch': 'the network: the weights and the momentum are its layers',
@@ -42,7 +42,7 @@ def describe_run(config, runtime):
     if not runtime.is_root:
         return None
     return {'format': FORMAT, 'config': to_dict(config), 'ranks': runtime.size,
-            'data': train_fingerprint(sop.resolve_root(config.data.root))}
+            'data': train_fingerprint(resolve_root(config.data.root))}
 
 
 def train_fingerprint(root):

@@ -1,11 +1,12 @@
-"""Data: SOP splits read on rank 0, shared across ranks, transformed, iterated."""
+"""Data: ``data.root`` resolved to an SOP folder; its splits read on rank 0, shared across
+ranks, transformed, iterated."""
 import os
 import socket
 
 import chainer
 import chainermn
 
-from distributed.data import sop
+from distributed.data import minisop, sop
 from distributed.data.datasets import StreamExamples, decoded, gather_skipped
 from distributed.data.stream import ChunkIterator
 from distributed.data.transforms import TrainTransform, ValTransform
@@ -47,6 +48,16 @@ def split_for_run(config, runtime, chunks):
             chainermn.scatter_dataset(test, runtime.comm, force_equal_length=False))
 
 
+def resolve_root(root):
+    """The SOP folder the ``data.root`` setting ``root`` names: for 'minisop' the
+    generated stand-in's (``minisop.ensure_minisop``: written on first use, then cached),
+    else ``root`` with '~' expanded, made absolute. Nothing is checked (``sop.check_tree``).
+    """
+    if root == 'minisop':
+        return minisop.ensure_minisop()
+    return os.path.abspath(os.path.expanduser(root))
+
+
 def read_on_root(config, runtime, splits, too_small=None):
     """The SOP ``splits`` of ``data.root`` on rank 0 (None on the other ranks); collective.
 
@@ -55,7 +66,7 @@ def read_on_root(config, runtime, splits, too_small=None):
     the same ``DataError``, so no rank is left waiting. Examples are (file path, label)
     pairs.
     """
-    root = sop.resolve_root(config.data.root)  # on every rank: minisop is made where needed
+    root = resolve_root(config.data.root)  # on every rank: minisop is made where needed
     # Every host reads its own images: it must have rank 0's tree at the same path.
     seen = runtime.comm.mpi_comm.gather((socket.gethostname(), sop.index_digest(root)))
     datasets = [None] * len(splits)
@@ -79,23 +90,23 @@ def train_too_small(root, images, chunks, batch_size):
         return None
     fixes = []
     if per_chunk >= 1:
-        fixes.append('set train.batch_size to at most {}'.format(per_chunk))
+        fixes.append(f'set train.batch_size to at most {per_chunk}')
     if images >= batch_size:
-        fixes.append('run with at most {} chunk(s) (train.chunks, or ranks at the '
-                     'start)'.format(images // batch_size))
-    fixes.append('add images to {}'.format(os.path.join(root, sop.INDEX_FILES['train'])))
-    return ('the train split of {} has {} images: {} per chunk with {} chunk{} '
-            '(train.chunks), fewer than one batch (train.batch_size={}); {}'.format(
-                root, images, per_chunk, chunks, '' if chunks == 1 else 's', batch_size,
-                ', or '.join(fixes)))
+        fixes.append(f'run with at most {images // batch_size} chunk(s) (train.chunks, or '
+                     f'ranks at the start)')
+    fixes.append(f"add images to {os.path.join(root, sop.INDEX_FILES['train'])}")
+    plural = '' if chunks == 1 else 's'
+    return (f'the train split of {root} has {images} images: {per_chunk} per chunk with '
+            f'{chunks} chunk{plural} (train.chunks), fewer than one batch '
+            f"(train.batch_size={batch_size}); {', or '.join(fixes)}")
 
 
 def split_empty(root, split, images, purpose):
     """Why a ``split`` of ``images`` images cannot serve ``purpose``, or None."""
     if images:
         return None
-    return ('the {} split of {} has no images, so {} cannot run; list images in {}'.format(
-        split, root, purpose, os.path.join(root, sop.INDEX_FILES[split])))
+    return (f'the {split} split of {root} has no images, so {purpose} cannot run; list '
+            f'images in {os.path.join(root, sop.INDEX_FILES[split])}')
 
 
 def create_iterators(config, train, test, runtime, chunks):
@@ -121,5 +132,5 @@ def unreadable_report(datasets, comm):
         dataset.close()
     if not skipped:
         return 0, ''
-    return len(skipped), 'skipped {} unreadable image(s): {}{}'.format(
-        len(skipped), ', '.join(skipped[:10]), ' ...' if len(skipped) > 10 else '')
+    listed = ', '.join(skipped[:10]) + (' ...' if len(skipped) > 10 else '')
+    return len(skipped), f'skipped {len(skipped)} unreadable image(s): {listed}'

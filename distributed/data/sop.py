@@ -28,14 +28,6 @@ class DataError(ValueError):
     """The dataset cannot be used as configured; the message says what to do."""
 
 
-def resolve_root(root):
-    """The SOP folder for the ``data.root`` setting ('minisop' is generated once, cached)."""
-    if root == 'minisop':
-        from distributed.data.minisop import ensure_minisop
-        return ensure_minisop()
-    return os.path.abspath(os.path.expanduser(root))
-
-
 def read_index(root, split):
     """``[(class_id, super_class_id, path)]`` of an index file (ids 0-based, ``path``
     relative to ``root``, as written); raises ``DataError`` naming the line to change.
