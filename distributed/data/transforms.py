@@ -15,7 +15,7 @@ horizontal flip; val: shorter side scaled, center crop):
   thumbnail whose shorter side is below ``MIN_SIDE``: it is enlarged to it first
   (``enlarged``), as a crop of 8% of its area could be empty.
 
-The mean is subtracted later, per batch and on the device (``runtime.InputConverter``).
+The mean is subtracted later, per batch and on the device (``converter.InputConverter``).
 A file that cannot be read raises ``images.UnreadableImage`` naming it.
 """
 import math
@@ -37,7 +37,7 @@ that can be an empty crop."""
 
 def draws(key=None):
     """The ``numpy.random.Generator`` an image's augmentation draws from: from ``key``
-    (``(train.seed, epoch, position in the epoch)``, ``stream.StreamExamples``) when
+    (``(train.seed, epoch, position in the epoch)``, ``datasets.StreamExamples``) when
     given, so any process draws the same; else seeded from Python's ``random``, which
     CPython reseeds in every forked process (loader workers then differ)."""
     if key is None:
