@@ -52,8 +52,7 @@ weights' initialisation seeds NumPy, which takes seeds below 2^32), timeouts ove
 `out` that is a file or lies below one, and a config file that is a folder, is not UTF-8
 (UTF-16 with a byte-order mark, Notepad's "Unicode", is read), is not valid YAML (the line
 and column are named) or writes a key twice in one section (two `train:` sections: plain
-YAML would keep the last without a word). The file is read with PyYAML's safe loader:
-plain values, no Python tags (`distributed/yaml_reader.py`).
+YAML would keep the last without a word).
 
 This page is generated from the config dataclasses (the type, the default and the text
 under each field): change those, then run `make docs`; `tests/test_config.py` fails while
