@@ -150,7 +150,7 @@ def measure_training(config, runtime, model):
     from distributed.comm import loss_function
     from distributed.model import mean_of
     from distributed.optim import create_optimizer
-    from distributed.runtime import InputConverter
+    from distributed.data.converter import InputConverter
     sync = _synchronizer(runtime.device)
     rng = numpy.random.RandomState(config.seed + runtime.rank)
     # uint8 images, as the transforms make them; the converter normalises them on the
@@ -356,7 +356,7 @@ def measure_pipeline(config, runtime, mean):
     on the device. That batched step is timed on this core too ('normalise'), for what
     it costs where the device is the CPU.
     """
-    from distributed.runtime import InputConverter
+    from distributed.data.converter import InputConverter
     folder = tempfile.mkdtemp(prefix='bench_jpegs_')
     try:
         paths = write_jpegs(folder, config.pipeline_images, config.seed + runtime.rank,

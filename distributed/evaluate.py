@@ -26,7 +26,8 @@ from distributed.data import read_on_root, sop, split_empty, unreadable_report
 from distributed.data.datasets import decoded
 from distributed.data.transforms import ValTransform
 from distributed.model import create_model, mean_of
-from distributed.runtime import InputConverter, naming
+from distributed.data.converter import InputConverter
+from distributed.failures import naming
 
 TOP_K = (1, 5)
 SPLITS = ('test', 'train')

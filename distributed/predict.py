@@ -16,7 +16,8 @@ from distributed.data.images import UnreadableImage
 from distributed.data.transforms import ValTransform
 from distributed.evaluate import WeightsModelConfig, expand_shorthand, load_model
 from distributed.model import mean_of
-from distributed.runtime import InputConverter, select_device
+from distributed.data.converter import InputConverter
+from distributed.runtime import select_device
 
 
 @dataclasses.dataclass

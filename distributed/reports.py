@@ -10,7 +10,7 @@ from chainer.training import extensions
 
 from distributed.checkpoint.files import save_npz
 from distributed.config import to_dict
-from distributed.runtime import naming
+from distributed.failures import naming
 from distributed.triggers import log_trigger
 
 

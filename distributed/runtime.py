@@ -1,15 +1,10 @@
 """Who am I: the communicator, rank, size, device and ``is_root``, decided once."""
-import contextlib
 import dataclasses
-import errno
 import multiprocessing
 import multiprocessing.forkserver
 import os
 import socket
 import sys
-import threading
-import time
-import traceback
 import warnings
 
 import chainer
@@ -17,6 +12,7 @@ import numpy
 
 import distributed
 from distributed import comm as comm_module, compat, cudnn, liveness, threads
+from distributed.failures import abort_on_uncaught_exceptions
 
 GPU_COMMUNICATORS = ('pure_nccl', 'flat', 'non_cuda_aware')
 """ChainerMN communicators that move CuPy arrays (none of them runs on the CPU)."""
@@ -182,26 +178,6 @@ def set_precision(dtype):
                                    else numpy.dtype(dtype))
 
 
-class InputConverter:
-    """Batches of ``(uint8 CHW image, label)`` to the model's input, on its device.
-
-    The images travel as uint8 (a quarter of float32's bytes, from the loader processes
-    and to the GPU); there they become chainer's compute dtype (float16 under mixed16)
-    with the model's per-channel ``mean`` subtracted, one batched pass. A converter for
-    chainer's updater and evaluator (``converter(batch, device)``).
-    """
-
-    def __init__(self, mean):
-        self.mean = numpy.asarray(mean, numpy.float32)
-
-    def __call__(self, batch, device=None):
-        x, t = chainer.dataset.concat_examples(batch, device)
-        images = x.astype(numpy.float32)
-        images -= chainer.backend.get_device_from_array(x).send(self.mean)  # 12 bytes
-        dtype = chainer.get_dtype()
-        return (images if dtype == numpy.float32 else images.astype(dtype)), t
-
-
 def _local_index(node_comm):
     # Ranks of a node given different CUDA_VISIBLE_DEVICES (srun --gpu-bind, or a wrapper
     # script) each see their own GPU as 0; ranks seeing the same GPUs divide them in order.
@@ -221,69 +197,6 @@ def agree(mpi_comm, error):
         raise StartupError(message)
 
 
-ABORT_GRACE_S = 1.0
-"""Seconds between a rank's last message and MPI_Abort, for the launcher to pass it on."""
-
-
-def abort(message, code):
-    """Write ``message`` to stderr at once, then end every rank with ``MPI_Abort(code)``.
-
-    The launcher forwards each rank's output on its own schedule and may tear the job down
-    as soon as the abort reaches it; a message written in pieces (a traceback) was seen cut
-    after its first line. One write and a short pause let it out whole. Never returns:
-    MPICH's ``MPI_Abort`` was seen to return while its launcher tore the job down.
-    """
-    sys.stderr.write(message if message.endswith('\n') else message + '\n')
-    sys.stderr.flush()
-    time.sleep(ABORT_GRACE_S)
-    from mpi4py import MPI
-    MPI.COMM_WORLD.Abort(code)
-    os._exit(code)
-
-
-MACHINE_FAULTS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
-"""Errors of the machine, not of the program (a full disk, a quota, a read-only or
-forbidden folder): said in one line, without a traceback."""
-
-
-@contextlib.contextmanager
-def naming(path):
-    """An ``OSError`` raised in the block names ``path`` when it names no file: a write to
-    a full disk fails at a flush or a close, inside NumPy's zip writer or ``io``, with an
-    error that names none (``[Errno 28] No space left on device``)."""
-    try:
-        yield
-    except OSError as e:
-        if e.filename is None:
-            e.filename = path
-        raise
-
-
-def _abort_on_uncaught(exctype, value, tb):
-    # What chainermn's global_except_hook does (print, then MPI_Abort), with the message
-    # written whole before the abort. An error that carries an ``exit_code`` is one a
-    # user can act on: its message alone is shown, and the job ends with that code.
-    from mpi4py import MPI
-    rank = MPI.COMM_WORLD.Get_rank()
-    code = getattr(value, 'exit_code', None)
-    if code:
-        abort('error: {}'.format(value), code)
-    if isinstance(value, OSError) and value.errno in MACHINE_FAULTS:
-        # Checkpoints and results are written to a temporary name and renamed: the files
-        # written before this one are intact.
-        abort('error: rank {}: {}; the files written before are intact: fix that and run '
-              'again (launch.train continues with resume=auto)'.format(rank, value), 1)
-    abort('{}Uncaught exception on rank {}: stopping every rank (MPI_Abort).'.format(
-        ''.join(traceback.format_exception(exctype, value, tb)), rank), 1)
-
-
-def _abort_on_uncaught_in_thread(args):
-    # A MultiprocessIterator re-raises a loader worker's error in its prefetch thread; the
-    # thread dies and the main thread would wait for its next batch for ever.
-    if args.exc_type is not SystemExit:
-        _abort_on_uncaught(args.exc_type, args.exc_value, args.exc_traceback)
-
-
 def create_runtime(config):
     """Start MPI (or a size-1 world without mpiexec) and pick this rank's device.
 
@@ -296,10 +209,7 @@ def create_runtime(config):
                                  config.train.startup_timeout).start()
     if config.data.loader == 'multiprocess':
         _start_forkserver()
-    # One rank raising an uncaught exception, in any thread, aborts every rank instead of
-    # leaving them waiting in a collective for ever.
-    sys.excepthook = _abort_on_uncaught
-    threading.excepthook = _abort_on_uncaught_in_thread
+    abort_on_uncaught_exceptions()
     from mpi4py import MPI
     world = MPI.COMM_WORLD
     watchdog.rank = world.rank

@@ -13,7 +13,7 @@ from distributed.data import unreadable_report
 from distributed.model import mean_of
 from distributed.optim import schedule_extension
 from distributed.reports import add_reports, summarize, write_config
-from distributed.runtime import InputConverter
+from distributed.data.converter import InputConverter
 from distributed.triggers import PRIORITY, evaluation_trigger, log_trigger
 from distributed.updater import ChunkUpdater
 

@@ -22,7 +22,8 @@ from distributed.data import create_datasets, create_iterators
 from distributed.model import create_model
 from distributed.optim import create_optimizer, create_schedule
 from distributed.comm import loss_function
-from distributed.runtime import InputConverter, create_runtime
+from distributed.data.converter import InputConverter
+from distributed.runtime import create_runtime
 from distributed.model import batchnorm_statistics
 from distributed.updater import ChunkUpdater
 

@@ -14,6 +14,7 @@ import pytest
 from distributed import comm as comm_module
 from distributed import runtime as rt
 from distributed.config import load_config
+from distributed.data.converter import InputConverter
 from distributed.optim import create_optimizer, create_schedule
 from launching import run_launcher
 
@@ -125,7 +126,7 @@ def test_input_converter_subtracts_the_mean_in_the_compute_dtype():
     images = rng.randint(0, 256, (2, 3, 4, 4)).astype(numpy.uint8)
     batch = [(images[i], numpy.int32(i)) for i in range(2)]
     mean = numpy.array([123.5, 117.0, 104.25], numpy.float32).reshape(3, 1, 1)
-    converter = rt.InputConverter(mean)
+    converter = InputConverter(mean)
     x, t = converter(batch, CPU)
     assert (x.dtype, t.dtype) == (numpy.float32, numpy.int32)
     numpy.testing.assert_array_equal(x, images.astype(numpy.float32) - mean)
@@ -165,7 +166,7 @@ def test_mixed16_trains_on_the_cpu_with_float32_master_weights():
         iterator = chainer.iterators.SerialIterator(
             chainer.datasets.TupleDataset(images, labels), 4, shuffle=False)
         updater = chainer.training.StandardUpdater(iterator, optimizer,
-                                                   converter=rt.InputConverter(127.5))
+                                                   converter=InputConverter(127.5))
         before = model.predictor.conv.W.array.copy()
         losses = []
         for _ in range(8):

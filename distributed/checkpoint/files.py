@@ -26,7 +26,7 @@ import numpy
 from chainer.serializers import npz
 
 from distributed import weights
-from distributed.runtime import naming
+from distributed.failures import naming
 
 
 FILENAME = 'snapshot_iter_{.updater.iteration}.npz'
@@ -104,7 +104,7 @@ def save(path, arrays):
 
 def save_npz(path, target, compression=True):
     """chainer's ``save_npz``; an ``OSError`` it raises names ``path``
-    (``runtime.naming``)."""
+    (``failures.naming``)."""
     with naming(path):
         npz.save_npz(path, target, compression=compression)
 

@@ -73,7 +73,7 @@ class BadImageError(RuntimeError):
 
     exit_code = 3
     """Met by one rank (or its loader's thread) while the others wait in a collective, it
-    ends the whole job with this code (``runtime.abort``)."""
+    ends the whole job with this code (``failures.abort``)."""
 
 
 class SkipUnreadable(chainer.dataset.DatasetMixin):

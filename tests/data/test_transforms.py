@@ -11,7 +11,7 @@ from chainercv import transforms
 
 from distributed.bench import write_jpegs
 from distributed.data.transforms import TrainTransform, ValTransform, draws, train_box
-from distributed.runtime import InputConverter
+from distributed.data.converter import InputConverter
 
 MEAN = numpy.array([123.0, 117.0, 104.0], numpy.float32).reshape(3, 1, 1)
 
