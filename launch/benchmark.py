@@ -1,6 +1,6 @@
 """Throughput benchmark: ``[mpiexec -n N] python -m launch.benchmark [-c FILE] [key=value]``.
 
-Keys (distributed.bench.BenchConfig): crop_size, batch_size, iterations, warmup, arch, dtype,
+Keys (distributed.bench.config.BenchConfig): crop_size, batch_size, iterations, warmup, arch, dtype,
 communicator, allreduce_dtype, allreduce_rounds, pipeline_images, pipeline_rounds,
 pipeline_crop, device, seed, out. Rank 0 prints a table and writes out/benchmark.json.
 """
@@ -9,7 +9,9 @@ import os
 import sys
 
 import distributed  # noqa: F401  (applies the compat shims before chainer is imported)
-from distributed.bench import format_table, load_bench_config, run_benchmark, training_config
+from distributed.bench.config import load_bench_config, training_config
+from distributed.bench.report import format_table
+from distributed.bench.run import run_benchmark
 from distributed.config import ConfigError
 from distributed.runtime import StartupError, create_runtime
 from launch import cli

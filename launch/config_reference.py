@@ -19,7 +19,7 @@ SCHEMAS = (
     ('launch.evaluate', 'distributed.evaluate:EvalConfig'),
     ('launch.predict', 'distributed.predict:PredictConfig'),
     ('launch.view_samples', 'distributed.samples:SamplesConfig'),
-    ('launch.benchmark', 'distributed.bench:BenchConfig'),
+    ('launch.benchmark', 'distributed.bench.config:BenchConfig'),
 )
 """Each launcher and the dataclass of its configuration, as ``module:name``: the one place
 that says where the config classes live."""

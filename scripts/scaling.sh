@@ -17,7 +17,7 @@ done
 "$VENV/bin/python" - "$OUT" "$MAX" <<'PY'
 import json, os, sys
 import distributed  # noqa: F401
-from distributed.bench import breakdown_plot, scaling_report
+from distributed.bench.report import breakdown_plot, scaling_report
 out, top = sys.argv[1], int(sys.argv[2])
 results = [json.load(open(os.path.join(out, 'n{}'.format(n), 'benchmark.json')))
            for n in range(1, top + 1)]

@@ -72,7 +72,7 @@ def test_benchmark_rejects_bad_keys(tmp_path):
     ('out={tmp}/notes.txt/bench', 'notes.txt is a file'),
 ])
 def test_benchmark_config_refuses_what_would_fail_later(override, message, tmp_path):
-    from distributed.bench import load_bench_config
+    from distributed.bench.config import load_bench_config
     from distributed.config import ConfigError
     (tmp_path / 'notes.txt').write_text('not a folder')
     with pytest.raises(ConfigError) as error:
@@ -81,7 +81,7 @@ def test_benchmark_config_refuses_what_would_fail_later(override, message, tmp_p
 
 
 def test_benchmark_config_reads_exponent_notation_and_files(tmp_path):
-    from distributed.bench import load_bench_config
+    from distributed.bench.config import load_bench_config
     from distributed.config import ConfigError
     path = tmp_path / 'bench.yaml'
     path.write_text('pipeline_noise: 1e1\nbatch_size: 1.6e1\nout: 0012\n')
@@ -114,7 +114,7 @@ def _result(ranks, images_per_sec, pipeline=True):
 
 
 def test_scaling_report_and_plots(tmp_path):
-    from distributed.bench import breakdown_plot, scaling_report
+    from distributed.bench.report import breakdown_plot, scaling_report
     results = [_result(1, 20.0), _result(2, 36.0)]
     table = scaling_report(results, str(tmp_path / 'scaling.png')).splitlines()
     assert table[2].split() == ['1', '20.0', '20.0', '100%', '0.0', '0.0%', '0.0']
@@ -139,12 +139,12 @@ def test_scaling_script_runs_every_rank_count_and_draws(tmp_path):
 
 
 def test_pipeline_difference_is_small_on_smooth_pictures_and_sees_a_shift(tmp_path, monkeypatch):
-    from distributed import bench
+    from distributed.bench import pipeline
     from distributed.data import images
-    paths = bench.write_jpegs(str(tmp_path), 6, seed=1, noise=0)
-    assert bench.pipeline_diff_grey(paths, 224, seed=0) < 1.0
+    paths = pipeline.write_jpegs(str(tmp_path), 6, seed=1, noise=0)
+    assert pipeline.pipeline_diff_grey(paths, 224, seed=0) < 1.0
     # A product that took its box two pixels to the right would show.
     region = images.Picture.region
     monkeypatch.setattr(images.Picture, 'region', lambda self, box, size: region(
         self, (box[0] + 2, box[1], box[2] + 2, box[3]), size))
-    assert bench.pipeline_diff_grey(paths, 224, seed=0) > 1.0
+    assert pipeline.pipeline_diff_grey(paths, 224, seed=0) > 1.0

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from distributed.bench import load_bench_config, training_config
+from distributed.bench.config import load_bench_config, training_config
 from distributed.config import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -348,7 +348,7 @@ def test_one_module_reads_image_files():
     # Every command reads pictures through data/images.py; the benchmark's baselines
     # (chainercv's path, bare decodes, Pillow's reference resize) are the one exception.
     allowed = {os.path.join('distributed', 'data', 'images.py'),
-               os.path.join('distributed', 'bench.py')}
+               os.path.join('distributed', 'bench', 'pipeline.py')}
     readers = []
     for folder in ('distributed', 'launch'):
         for base, _, names in os.walk(os.path.join(REPO, folder)):

@@ -9,7 +9,7 @@ from chainercv.utils import read_image
 
 from chainercv import transforms
 
-from distributed.bench import write_jpegs
+from distributed.bench.pipeline import write_jpegs
 from distributed.data.transforms import TrainTransform, ValTransform, draws, train_box
 from distributed.data.converter import InputConverter
 

@@ -1,0 +1,2 @@
+"""Throughput and communication measurements (``launch.benchmark``): ``run`` runs them,
+``report`` formats them."""
