@@ -20,8 +20,8 @@ import typing
 from distributed.yaml_reader import ConfigError, read_value, read_yaml
 
 Arch = typing.Literal['resnet50', 'resnet101', 'resnet152']
-"""The networks (chainercv's ResNets, arch 'fb'): the one list of them (``model``,
-``weights`` and the benchmark take theirs from here)."""
+"""The networks (chainercv's ResNets, arch 'fb'): the one list of them (``model`` and
+``weights`` take theirs from here)."""
 
 
 @dataclasses.dataclass

@@ -1,12 +1,26 @@
 """The zero-gamma ResNet classifier (Goyal et al. 2017, section 5.1)."""
 import random
+import typing
 
 import chainer
 import numpy
-from chainercv.links import ResNet50, ResNet101, ResNet152
-from chainercv.links.model.resnet import Bottleneck
+from chainercv.links.model.resnet import Bottleneck, ResNet
 
-ARCHS = {'resnet50': ResNet50, 'resnet101': ResNet101, 'resnet152': ResNet152}
+from distributed.config import Arch
+
+ARCHS = typing.get_args(Arch)
+"""The networks ``create_model`` builds: ``config.Arch``'s, 'resnet<depth>'."""
+
+
+def depth(arch):
+    """The layer count of the ResNet ``arch`` ('resnet101' -> 101)."""
+    return int(arch[len('resnet'):])
+
+
+def res4_blocks(arch):
+    """The bottleneck blocks in res4 of the ResNet ``arch``, the stage in which the ResNets
+    differ (6, 23, 36), as chainercv builds it."""
+    return ResNet._blocks[depth(arch)][2]
 
 
 def create_model(arch='resnet50', n_class=12, zero_gamma=True):
@@ -23,8 +37,8 @@ def create_model(arch='resnet50', n_class=12, zero_gamma=True):
     drawn here, the initial weights come from the generator's state at creation.
     """
     if arch not in ARCHS:
-        raise ValueError('unknown model.arch {!r}; choose one of {}'.format(arch, sorted(ARCHS)))
-    extractor = ARCHS[arch](n_class=n_class, arch='fb')
+        raise ValueError(f'unknown model.arch {arch!r}; choose one of {sorted(ARCHS)}')
+    extractor = ResNet(depth(arch), n_class=n_class, arch='fb')
     extractor.pick = 'fc6'
     model = chainer.links.Classifier(extractor)
     with chainer.using_config('train', False), chainer.no_backprop_mode():

@@ -18,9 +18,11 @@ import zlib
 import numpy
 from chainer.serializers import npz
 
+from distributed.model import ARCHS, res4_blocks
+
 CHECKPOINT_MODEL = 'updater/model:main/'
 """Where a training checkpoint (snapshot_iter_<N>.npz) holds the classifier."""
-RES4_BLOCKS = {6: 'resnet50', 23: 'resnet101', 36: 'resnet152'}
+RES4_BLOCKS = {res4_blocks(arch): arch for arch in ARCHS}
 """Bottleneck blocks in res4, the stage in which the ResNets differ, and the arch."""
 ZIP_MAGIC = (b'PK\x03\x04', b'PK\x05\x06')  # a zip (.npz) with members, and an empty one
 
@@ -111,12 +113,11 @@ def load_weights(model, arrays, name, arch, trained_with=None):
     unused = sorted(set(arrays) - set(expected))
     held, blocks = (trained_with, None) if trained_with else arch_of(arrays)
     if held and held != arch:
-        told = ('it was trained with model.arch={}'.format(held) if trained_with else
-                'its res4 has {} bottleneck blocks, a {}\'s has {}'.format(
-                    blocks, arch, _blocks(arch)))
-        raise WeightsError('{} holds the weights of a {}, not of the model.arch={} this '
-                           'command builds ({}); pass model.arch={}'.format(
-                               name, held, arch, told, held))
+        told = (f'it was trained with model.arch={held}' if trained_with else
+                f"its res4 has {blocks} bottleneck blocks, a {arch}'s has "
+                f'{res4_blocks(arch)}')
+        raise WeightsError(f'{name} holds the weights of a {held}, not of the model.arch={arch} '
+                           f'this command builds ({told}); pass model.arch={held}')
     if missing or unused:
         raise WeightsError(
             '{} does not hold the weights of a model.arch={} classifier: {} of its {} '
@@ -136,10 +137,6 @@ def load_weights(model, arrays, name, arch, trained_with=None):
                 name, arch, key, arrays[key].dtype, arrays[key].shape, expected[key].dtype,
                 expected[key].shape, len(wrong)))
     npz.NpzDeserializer(arrays).load(model)
-
-
-def _blocks(arch):
-    return next(n for n, a in RES4_BLOCKS.items() if a == arch)
 
 
 def _e_g(keys):
