@@ -102,7 +102,7 @@ class TrainConfig:
     """'float32', or 'mixed16' (chainer's mixed precision with dynamic loss scaling; for GPUs)."""
     conv_bn: typing.Literal['auto', 'cudnn', 'chainer'] = 'auto'
     """Who runs Convolution2D and BatchNorm on GPUs: 'chainer' (its own CuPy kernels), 'cudnn'
-    (cuDNN through NVIDIA's cuDNN frontend, distributed/cudnn.py) or 'auto' (chainer's, until
+    (cuDNN through NVIDIA's cuDNN frontend, distributed.cudnn) or 'auto' (chainer's, until
     a GPU run shows the two agree)."""
     stall_timeout: float = 600.0
     """Seconds a rank may go without progress (an iteration, an evaluation batch) before it

@@ -63,3 +63,14 @@ def test_the_readme_is_a_front_door():
 def test_anchors_follow_github():
     assert anchors('## What `make train` gives\n### Which `--mpi`\n# A, b (c)\n') == {
         'what-make-train-gives', 'which---mpi', 'a-b-c'}
+
+
+@pytest.mark.parametrize('page', PAGES)
+def test_files_named_exist(page):
+    """Files of the repository a page names (distributed/..., scripts/..., tests/...,
+    configs/..., with a suffix: what set-up makes has none) exist: a module moved is a page
+    to change."""
+    named = re.findall(r'\b((?:distributed|scripts|tests|configs|launch)/[\w/.-]*\.\w+)',
+                       read(page))
+    missing = sorted({p for p in named if not os.path.exists(os.path.join(ROOT, p))})
+    assert not missing, f'{page} names files that do not exist: {missing}'
