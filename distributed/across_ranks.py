@@ -139,7 +139,7 @@ def mean_batchnorm_statistics(model, comm):
 
     ChainerMN's ``extensions.AllreducePersistent`` does the same with one MPI allreduce per
     array, each on the array where it lives: on a GPU that hands MPI a device pointer,
-    which only a CUDA-aware MPI can read (README: `flat` needs one too).
+    which only a CUDA-aware MPI can read (docs/clusters.md: `flat` needs one too).
     """
     from mpi4py import MPI
     arrays = batchnorm_statistics(model)

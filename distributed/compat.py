@@ -170,7 +170,7 @@ def _chainercv_nms_gpu_post():
 def _chainer_version_warning():
     # chainer 7.8.1 declares CuPy >= 7.7, < 8 and warns on every import when a newer CuPy is
     # installed under a name it checks ('cupy', as source and conda builds are; not the
-    # cupy-cuda12x/13x wheels). CuPy 13/14 is the supported combination here (README, "GPUs").
+    # cupy-cuda12x/13x wheels). CuPy 13/14 is the supported combination here (docs/gpus.md).
     # A value the user set is kept.
     if 'CHAINER_WARN_VERSION_MISMATCH' in os.environ:
         return

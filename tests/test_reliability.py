@@ -91,7 +91,8 @@ def test_sigterm_to_mpiexec_then_sigint_to_one_rank_then_resume_is_exact(
         straight, tree, tmp_path, record_property):
     # 1. Pre-emption: SIGTERM to mpiexec once training runs (first interval checkpoint).
     # Hydra passes the SIGTERM on at once. (Open MPI's mpiexec passes it on after
-    # odls_base_sigkill_timeout seconds and kills the ranks as long after that: README.)
+    # odls_base_sigkill_timeout seconds and kills the ranks as long after that:
+    # docs/checkpoints.md.)
     proc = train(tree, tmp_path, 'train.epochs=3', 'checkpoint.interval=2')
     wait_for(tmp_path / 'snapshot_iter_2.npz', proc)
     sent = time.time()
