@@ -11,7 +11,8 @@ import chainer
 import numpy
 
 import distributed
-from distributed import comm as comm_module, compat, cudnn, liveness, threads
+from distributed import comm as comm_module, compat, liveness, threads
+from distributed.cudnn import dispatch
 from distributed.failures import abort_on_uncaught_exceptions
 
 GPU_COMMUNICATORS = ('pure_nccl', 'flat', 'non_cuda_aware')
@@ -222,8 +223,8 @@ def create_runtime(config):
         device = select_device(config.device, local_index, world.size)
         name = communicator_name(config.comm.communicator, device)
         check_communicator(name, device, config.comm.allreduce_dtype)
-        cudnn.setup(config.train.conv_bn, device.xp is not numpy)
-    except (StartupError, cudnn.Unavailable) as e:
+        dispatch.setup(config.train.conv_bn, device.xp is not numpy)
+    except (StartupError, dispatch.Unavailable) as e:
         error = str(e)
     agree(world, error)
     set_precision(config.train.dtype)
@@ -271,7 +272,7 @@ def _gpu_lines(runtime):
     else:
         lines.append('cuDNN: absent from CuPy (CuPy >= 14 has no cuDNN support): chainer '
                      'runs pooling with CuPy kernels')
-    lines.append(cudnn.describe())
+    lines.append(dispatch.describe())
     if nccl_available():
         from cupy.cuda import nccl
         code = nccl.get_version()

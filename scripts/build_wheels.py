@@ -37,7 +37,7 @@ GPU_IMAGE_LACKS = ('simplejpeg', 'mpich', 'mpi4py', 'nvidia-cudnn-frontend')
 """What the GPU machines' image (its package list: /work/.library/device/KINDS.md, 2026-11-17)
 lacks besides chainer and chainercv: the JPEG decoder, an MPI runtime (MPICH's wheel: libmpi
 and mpiexec) with an mpi4py known to load it (the image's mpi4py finds no libmpi), and NVIDIA's
-cuDNN frontend for ``train.conv_bn=cudnn`` (distributed/cudnn.py; fetched without its optional
+cuDNN frontend for ``train.conv_bn=cudnn`` (distributed/cudnn/; fetched without its optional
 dependencies, the CUTLASS DSL's ~200 MB, which ``import cudnn`` does not need)."""
 GPU_PYTHON = '3.12'
 GPU_PLATFORMS = ('manylinux_2_28_x86_64', 'manylinux_2_17_x86_64', 'manylinux2014_x86_64',

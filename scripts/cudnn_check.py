@@ -77,8 +77,8 @@ def start(args):
         if cupy.cuda.runtime.getDeviceCount() == 0:
             raise RuntimeError('no GPU visible')
         import torch
-        from distributed import cudnn
-        frontend = cudnn.load_frontend()
+        from distributed.cudnn import dispatch
+        frontend = dispatch.load_frontend()
     except Exception as e:
         sys.stderr.write('cudnn_check: cannot start: {}: {}\n'.format(
             type(e).__name__, str(e).splitlines()[0] if str(e) else ''))
@@ -86,7 +86,7 @@ def start(args):
     torch.backends.cudnn.benchmark = True
     torch.backends.cudnn.allow_tf32 = bool(args.tf32)
     torch.backends.cuda.matmul.allow_tf32 = bool(args.tf32)
-    return cupy, torch, cudnn, frontend
+    return cupy, torch, dispatch, frontend
 
 
 def rel(a, ref):
@@ -99,15 +99,16 @@ def rel(a, ref):
 class Paths:
     """Switches chainer between its own path and the cuDNN path."""
 
-    def __init__(self, cudnn, frontend, cupy, tf32):
-        self.cudnn = cudnn
-        self.frontend = cudnn.Frontend(frontend, cupy, tf32=tf32)
+    def __init__(self, dispatch, frontend, cupy, tf32):
+        from distributed.cudnn import graphs
+        self.dispatch = dispatch
+        self.frontend = graphs.Frontend(frontend, cupy, tf32=tf32)
 
     def use(self, name):
         if name == 'cudnn':
-            self.cudnn.install(self.frontend)
+            self.dispatch.install(self.frontend)
         else:
-            self.cudnn.uninstall()
+            self.dispatch.uninstall()
 
 
 def numerics(paths, cupy, torch, batch, tolerance, out):
@@ -181,9 +182,10 @@ def numerics(paths, cupy, torch, batch, tolerance, out):
     return ok
 
 
-def layouts(cudnn, frontend, cupy, tf32, batch):
+def layouts(dispatch, frontend, cupy, tf32, batch):
     """cuDNN BatchNorm forward in NCHW (what chainer hands over) against NHWC."""
-    class KeepStrides(cudnn.Frontend):
+    from distributed.cudnn import graphs
+    class KeepStrides(graphs.Frontend):
         def contiguous(self, array):
             return array
     fe = KeepStrides(frontend, cupy, tf32=tf32)
@@ -347,23 +349,23 @@ def speed(paths, cupy, torch, batches, crop, timed, tf32, out):
 
 def main(argv=None):
     args = parse_args(argv)
-    cupy, torch, cudnn, frontend = start(args)
+    cupy, torch, dispatch, frontend = start(args)
     began = time.perf_counter()
     props = cupy.cuda.runtime.getDeviceProperties(0)
     print('cudnn_check: GPU {}, CuPy {}, cuDNN {}, cuDNN frontend {}, torch {}; TF32 {}'.format(
         props['name'].decode() if isinstance(props['name'], bytes) else props['name'],
         cupy.__version__, frontend.backend_version(), getattr(frontend, '__version__', '?'),
         torch.__version__, 'on' if args.tf32 else 'off'))
-    paths = Paths(cudnn, frontend, cupy, bool(args.tf32))
+    paths = Paths(dispatch, frontend, cupy, bool(args.tf32))
     out = {'tf32': bool(args.tf32)}
     tolerance = {'float32': 1e-2 if args.tf32 else 1e-4, 'float16': 2e-2}
     ok = numerics(paths, cupy, torch, args.numerics_batch, tolerance, out)
-    layouts(cudnn, frontend, cupy, bool(args.tf32), 32)
+    layouts(dispatch, frontend, cupy, bool(args.tf32), 32)
     losses(paths, cupy, args.steps, args.crop, out)
     if not args.skip_speed:
         speed(paths, cupy, torch, args.batches, args.crop, args.timed, args.tf32, out)
     print('   {}; {} case(s) declined to chainer\'s path{}'.format(
-        cudnn.summary() or 'no graphs', len(paths.frontend.declined),
+        dispatch.summary() or 'no graphs', len(paths.frontend.declined),
         ': ' + '; '.join(sorted(set(paths.frontend.declined.values())))[:300]
         if paths.frontend.declined else ''))
     out['declined'] = len(paths.frontend.declined)

@@ -1,4 +1,4 @@
-"""The cuDNN-frontend path of Convolution2D and BatchNorm (distributed/cudnn.py), on the CPU.
+"""The cuDNN-frontend path of Convolution2D and BatchNorm (distributed/cudnn/), on the CPU.
 
 The frontend is a stand-in (tests/cudnn_standin.py) that records graphs and runs them with
 NumPy from cuDNN's definitions; the arrays are NumPy's. Results are compared with chainer's
@@ -19,7 +19,8 @@ from chainer.functions.connection import convolution_2d, deconvolution_2d
 from chainer.functions.normalization import batch_normalization as bn
 
 import cudnn_standin
-from distributed import config as config_module, cudnn
+from distributed import config as config_module
+from distributed.cudnn import dispatch, graphs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHAINERS = {(cls, name): cls.__dict__[name] for cls, name in [
@@ -44,9 +45,9 @@ CONVS = [
 def fe():
     """A Frontend over a fresh stand-in, installed into chainer; chainer's methods are
     restored afterwards."""
-    frontend = cudnn.Frontend(cudnn_standin.make(), numpy, stream=lambda: 7)
+    frontend = graphs.Frontend(cudnn_standin.make(), numpy, stream=lambda: 7)
     yield frontend
-    cudnn.uninstall()
+    dispatch.uninstall()
 
 
 def _random(shape, dtype=numpy.float32, seed=0):
@@ -93,7 +94,7 @@ def test_output_sizes_are_chainers_for_every_resnet50_convolution(fe):
                           (28, 3, 2, 1), (14, 3, 2, 1), (56, 1, 2, 0), (28, 1, 2, 0),
                           (14, 1, 2, 0), (7, 3, 1, 1)]:
         expected = chainer.utils.conv.get_conv_outsize(size, k, s, p)
-        assert cudnn.conv_out_size(size, k, s, p, 1) == expected
+        assert graphs.conv_out_size(size, k, s, p, 1) == expected
         node = _conv_node(None, None, s, p, 1, 1)
         y = fe.convolution_forward(numpy.zeros((1, 1, size, size), numpy.float32),
                                    numpy.zeros((1, 1, k, k), numpy.float32), node)
@@ -116,13 +117,13 @@ def test_tf32_is_a_setting_off_by_default(fe):
     x, W = _random((1, 2, 4, 4)), _random((2, 2, 1, 1))
     node = _conv_node(None, None, 1, 0, 1, 1)
     fe.convolution_forward(x, W, node)
-    tf32 = cudnn.Frontend(cudnn_standin.make(), numpy, tf32=True, stream=lambda: 0)
+    tf32 = graphs.Frontend(cudnn_standin.make(), numpy, tf32=True, stream=lambda: 0)
     tf32.convolution_forward(x, W, node)
     assert fe.fe.graphs[0].deselected == [cudnn_standin.numerical_note.TENSOR_CORE]
     assert tf32.fe.graphs[0].deselected == []
-    assert not cudnn.tf32_from_environment({})
-    assert cudnn.tf32_from_environment({'CUPY_TF32': '1'})
-    assert not cudnn.tf32_from_environment({'CUPY_TF32': '0'})
+    assert not dispatch.tf32_from_environment({})
+    assert dispatch.tf32_from_environment({'CUPY_TF32': '1'})
+    assert not dispatch.tf32_from_environment({'CUPY_TF32': '0'})
     with chainer.using_config('cudnn_deterministic', True):
         fe.convolution_grad_weight(x, _random((1, 2, 4, 4)), node, W.shape)
     assert cudnn_standin.numerical_note.NONDETERMINISTIC in fe.fe.graphs[-1].deselected
@@ -156,7 +157,7 @@ def test_a_declined_case_is_cached_and_runs_chainers_path(monkeypatch, fe):
     monkeypatch.setattr(convolution_2d.Convolution2DFunction, 'forward_gpu',
                         convolution_2d.Convolution2DFunction.forward_cpu)
     fe.fe.decline = lambda graph: any(op[1]['dilation'] != [1, 1] for op in graph.ops)
-    cudnn.install(fe)
+    dispatch.install(fe)
     x, W = _random((1, 2, 7, 7)), _random((3, 2, 3, 3))
     expected = F.convolution_2d(x, W, pad=2, dilate=2).array
     for _ in range(2):
@@ -188,16 +189,16 @@ def test_install_replaces_the_gpu_methods_and_keeps_chainers(fe):
                (convolution_2d.Convolution2DGradW, 'forward_gpu'),
                (bn.BatchNormalization, 'forward'), (bn.FixedBatchNormalization, 'forward')]
     originals = [cls.__dict__[name] for cls, name in classes]
-    cudnn.install(fe)
-    cudnn.install(fe)  # twice: chainer's methods are still the ones kept
-    assert [cudnn.CHAINER_METHODS[c] for c in classes] == originals
+    dispatch.install(fe)
+    dispatch.install(fe)  # twice: chainer's methods are still the ones kept
+    assert [dispatch.CHAINER_METHODS[c] for c in classes] == originals
     assert all(cls.__dict__[name] is not orig for (cls, name), orig in zip(classes, originals))
-    cudnn.uninstall()
+    dispatch.uninstall()
     assert [cls.__dict__[name] for cls, name in classes] == originals
 
 
 def test_gradients_run_through_the_installed_methods(fe):
-    cudnn.install(fe)
+    dispatch.install(fe)
     x, W = _random((2, 4, 7, 7)), _random((6, 4, 3, 3), seed=1)
     gy = _random((2, 6, 4, 4), seed=2)
     node = _conv_node(None, None, 2, 1, 1, 1)
@@ -228,13 +229,13 @@ def test_running_statistics_are_chainers():
     mean = x.mean(axis=(0, 2, 3))
     inv_std = (1 / numpy.sqrt(x.var(axis=(0, 2, 3)) + eps)).astype(numpy.float32)
     ours_mean, ours_var = mean0.copy(), var0.copy()
-    cudnn.update_running_stats(ours_mean, ours_var, mean, inv_std, eps, decay, 4 * 5 * 5)
+    graphs.update_running_stats(ours_mean, ours_var, mean, inv_std, eps, decay, 4 * 5 * 5)
     numpy.testing.assert_allclose(ours_mean, chainer_mean, rtol=1e-6)
     numpy.testing.assert_allclose(ours_var, chainer_var, rtol=1e-5)
     # The unbiased variance: m / (m - 1) of the batch's.
     unbiased = x.var(axis=(0, 2, 3), ddof=1)
     numpy.testing.assert_allclose(ours_var, decay * var0 + (1 - decay) * unbiased, rtol=1e-5)
-    assert cudnn.momentum_from_decay(decay) == pytest.approx(0.1)
+    assert graphs.momentum_from_decay(decay) == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize('dtype', [numpy.float32, numpy.float16])
@@ -245,7 +246,7 @@ def test_batch_norm_through_chainer_matches_chainer(fe, dtype):
     results = []
     for installed in (False, True):
         if installed:
-            cudnn.install(fe)
+            dispatch.install(fe)
         mean, var = numpy.zeros(3, numpy.float32), numpy.ones(3, numpy.float32)
         xv, gv, bv = chainer.Variable(x), chainer.Variable(gamma), chainer.Variable(beta)
         y = F.batch_normalization(xv, gv, bv, eps=2e-5, running_mean=mean, running_var=var,
@@ -264,7 +265,7 @@ def test_batch_norm_through_chainer_matches_chainer(fe, dtype):
 
 
 def test_batch_norm_over_other_axes_stays_chainers(fe):
-    cudnn.install(fe)
+    dispatch.install(fe)
     x, gamma = _random((4, 3)), _random(3)
     F.batch_normalization(x, gamma, _random(3))
     assert fe.fe.graphs == []
@@ -272,13 +273,13 @@ def test_batch_norm_over_other_axes_stays_chainers(fe):
 
 def test_a_declined_batch_norm_runs_chainers_forward_and_backward(fe):
     fe.fe.decline = lambda graph: True
-    cudnn.install(fe)
+    dispatch.install(fe)
     x = _random((4, 3, 5, 5))
     xv = chainer.Variable(x)
     y = F.batch_normalization(xv, _random(3, seed=1), _random(3, seed=2))
     y.grad = numpy.ones_like(x)
     y.backward()
-    cudnn.uninstall()
+    dispatch.uninstall()
     xc = chainer.Variable(x)
     yc = F.batch_normalization(xc, _random(3, seed=1), _random(3, seed=2))
     yc.grad = numpy.ones_like(x)
@@ -290,24 +291,24 @@ def test_a_declined_batch_norm_runs_chainers_forward_and_backward(fe):
 
 def test_choose_the_implementation():
     def missing():
-        raise cudnn.Unavailable('no frontend')
-    assert cudnn.choose('auto', True, False, missing)[0] == 'chainer'
-    assert cudnn.choose('chainer', True, False, missing)[0] == 'chainer'
-    assert cudnn.choose('auto', False, False, missing) == ('chainer', 'on the CPU')
-    with pytest.raises(cudnn.Unavailable, match='runs on GPUs, but this rank computes on the CPU'):
-        cudnn.choose('cudnn', False, False, missing)
-    assert cudnn.choose('cudnn', True, True, missing)[0] == 'chainer'
-    assert cudnn.choose('cudnn', True, False, lambda: None)[0] == 'cudnn'
-    with pytest.raises(cudnn.Unavailable, match='no frontend'):
-        cudnn.choose('cudnn', True, False, missing)
+        raise dispatch.Unavailable('no frontend')
+    assert dispatch.choose('auto', True, False, missing)[0] == 'chainer'
+    assert dispatch.choose('chainer', True, False, missing)[0] == 'chainer'
+    assert dispatch.choose('auto', False, False, missing) == ('chainer', 'on the CPU')
+    with pytest.raises(dispatch.Unavailable, match='runs on GPUs, but this rank computes on the CPU'):
+        dispatch.choose('cudnn', False, False, missing)
+    assert dispatch.choose('cudnn', True, True, missing)[0] == 'chainer'
+    assert dispatch.choose('cudnn', True, False, lambda: None)[0] == 'cudnn'
+    with pytest.raises(dispatch.Unavailable, match='no frontend'):
+        dispatch.choose('cudnn', True, False, missing)
     with pytest.raises(ValueError, match='train.conv_bn must be one of auto, cudnn, chainer'):
-        cudnn.choose('fast', True, False, missing)
+        dispatch.choose('fast', True, False, missing)
 
 
 def test_a_missing_frontend_is_one_line_naming_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, 'cudnn', None)
-    with pytest.raises(cudnn.Unavailable) as e:
-        cudnn.load_frontend()
+    with pytest.raises(dispatch.Unavailable) as e:
+        dispatch.load_frontend()
     assert 'pip install nvidia-cudnn-frontend' in str(e.value)
     assert 'train.conv_bn=chainer' in str(e.value) and '\n' not in str(e.value)
 
@@ -315,7 +316,7 @@ def test_a_missing_frontend_is_one_line_naming_what_to_install(monkeypatch):
 def test_the_config_key(tmp_path):
     assert config_module.Config().train.conv_bn == 'auto'
     conv_bn = typing.get_type_hints(config_module.TrainConfig)['conv_bn']
-    assert config_module.choices(conv_bn) == cudnn.IMPLS
+    assert config_module.choices(conv_bn) == dispatch.IMPLS
     assert config_module.load_config(overrides=['train.conv_bn=cudnn',
                                                 'out={}'.format(tmp_path)]).train.conv_bn \
         == 'cudnn'
@@ -325,11 +326,11 @@ def test_the_config_key(tmp_path):
 
 
 def test_the_log_says_which_path_runs(fe, monkeypatch):
-    monkeypatch.setattr(cudnn, '_CHOICE', ('chainer', 'on the CPU'))
-    assert "chainer's own CuPy kernels" in cudnn.describe()
-    cudnn.install(fe)
-    monkeypatch.setattr(cudnn, '_CHOICE', ('cudnn', 'train.conv_bn=cudnn'))
-    line = cudnn.describe()
+    monkeypatch.setattr(dispatch, '_CHOICE', ('chainer', 'on the CPU'))
+    assert "chainer's own CuPy kernels" in dispatch.describe()
+    dispatch.install(fe)
+    monkeypatch.setattr(dispatch, '_CHOICE', ('cudnn', 'train.conv_bn=cudnn'))
+    line = dispatch.describe()
     assert 'cuDNN 91000 through the cuDNN frontend' in line
     assert 'NCHW' in line and 'TF32 off' in line
 

@@ -1,4 +1,4 @@
-"""The graphs of distributed/cudnn.py described through NVIDIA's real cuDNN frontend
+"""The graphs of distributed/cudnn/graphs.py described through NVIDIA's real cuDNN frontend
 (nvidia-cudnn-frontend 1.32.0) on a machine without cuDNN's library or a GPU.
 
 tests/test_cudnn.py runs the path against a stand-in that accepts what the product believes
@@ -71,7 +71,7 @@ from chainer.functions.connection import convolution_2d, deconvolution_2d  # noq
 from chainer.functions.normalization import batch_normalization as bn  # noqa: E402
 from chainer.utils.conv import get_conv_outsize  # noqa: E402
 
-from distributed import cudnn  # noqa: E402
+from distributed.cudnn import dispatch, graphs  # noqa: E402
 from distributed.model import create_model  # noqa: E402
 
 pytestmark = pytest.mark.cuda
@@ -178,7 +178,7 @@ def validate_to_the_line(graph):
     return 'full'
 
 
-class _Describing(cudnn.Frontend):
+class _Describing(graphs.Frontend):
     """The product's ``Frontend`` over the real frontend, with NumPy arrays: ``graph``
     describes each case through the product's ``describe_graph`` (no handle), validates it
     up to the line, and stops the calling method with ``StopAtTheLine``."""
@@ -237,7 +237,7 @@ def _describe_float32(fe, case):
         return _described(lambda: node.forward(inputs))
     # The cuDNN path's implementation in place of the one chainer's forward chose.
     chainers = node._impl
-    node._impl = cudnn._batch_norm_impl_class()(fe, chainers)
+    node._impl = dispatch._batch_norm_impl_class()(fe, chainers)
     try:
         return _described(lambda: node.forward(inputs))
     finally:
@@ -270,7 +270,7 @@ def _describe_float16(fe, case):
 
 
 def _row_major(shape):
-    return list(cudnn.row_major_strides(shape))
+    return list(graphs.row_major_strides(shape))
 
 
 def _check_tensor(described, role, shape, dtype):
@@ -349,9 +349,9 @@ def _check_batch_norm(described, case, dtype):
 @pytest.fixture
 def installed():
     fe = _Describing()
-    cudnn.install(fe)
+    dispatch.install(fe)
     yield fe
-    cudnn.uninstall()
+    dispatch.uninstall()
 
 
 @pytest.mark.parametrize('dtype', [numpy.float32, numpy.float16])
