@@ -14,6 +14,7 @@ import faulthandler
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -150,7 +151,9 @@ class Watchdog:
     thread hold it, ``faulthandler`` (which needs no lock) writes the stacks ``grace``
     seconds later and exits with 1. A rank stopped outright (SIGSTOP) cannot
     run either; its peers, waiting for it in a collective, make no progress either and
-    their watchdogs fire. Not a collective: each rank watches itself.
+    their watchdogs fire. Not a collective: each rank watches itself. Until MPI is up,
+    ``MPI_Abort`` cannot end the job and ``MPI_Init`` holds the interpreter lock: under
+    Hydra a ``StartupGuard`` does it then, at the same deadline.
     """
 
     def __init__(self, timeout, startup_timeout, stream=None, grace=FALLBACK_GRACE_S):
@@ -165,12 +168,15 @@ class Watchdog:
         self._wake = threading.Condition()
         self._stopped = False
         self._thread = None
+        self._guard = None
 
     def start(self):
         """Begin watching (the start-up allowance counts from now)."""
         if not (self.timeout or self.startup_timeout) or self._thread is not None:
             return self
         self._last = time.monotonic()
+        if self.startup_timeout:
+            self._guard = StartupGuard.start(self.rank, self.startup_timeout)
         self._thread = threading.Thread(target=self._watch, name='stall-watchdog', daemon=True)
         self._thread.start()
         return self
@@ -190,6 +196,8 @@ class Watchdog:
         with self._wake:
             self._stopped = True
             self._wake.notify()
+            if self._guard is not None:
+                self._guard = self._guard.release()
         faulthandler.cancel_dump_traceback_later()
 
     def allowance(self):
@@ -198,6 +206,8 @@ class Watchdog:
     def _watch(self):
         with self._wake:
             while not self._stopped:
+                if self._guard is not None and mpi_started():
+                    self._guard = self._guard.release()
                 allowance = self.allowance()
                 if not allowance:  # this phase is not watched: look again later
                     faulthandler.cancel_dump_traceback_later()
@@ -205,12 +215,17 @@ class Watchdog:
                     continue
                 idle = time.monotonic() - self._last
                 if idle >= allowance:
+                    if self._guard is not None:  # MPI is not up: MPI_Abort cannot end
+                        self._wake.wait(1.0)     # the job, the guard does
+                        continue
                     self._fire(idle)
                 # The fallback fires a grace period after this deadline unless re-armed
                 # here, which this thread does each time it wakes to a later deadline.
                 faulthandler.dump_traceback_later(
                     allowance - idle + self.grace, exit=True, file=self.stream)
-                self._wake.wait(allowance - idle)
+                # Until MPI is up, look each second: the guard goes once it is.
+                self._wake.wait(allowance - idle if self._guard is None
+                                else min(allowance - idle, 1.0))
 
     def _fire(self, idle):
         self.stream.write(
@@ -223,6 +238,75 @@ class Watchdog:
         faulthandler.dump_traceback(file=self.stream, all_threads=True)
         self.stream.flush()
         end_job(STALLED_EXIT)
+
+
+def mpi_started():
+    """Whether this process has initialised MPI (mpi4py's ``MPI_Init`` returned)."""
+    mpi = sys.modules.get('mpi4py.MPI')
+    return mpi is not None and mpi.Is_initialized()
+
+
+_GUARD = r"""
+import os, select, sys
+released, pmi, limit, line = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+if select.select([released], [], [], limit)[0]:
+    sys.exit(0)
+os.write(2, line.encode() + b'\n')
+select.select([], [], [], 1)  # the launcher passes the line on before it ends the job
+os.write(pmi, b'cmd=abort exitcode=%d\n' % int(sys.argv[5]))
+select.select([released], [], [], 60)
+"""
+
+
+class StartupGuard:
+    """Ends the whole job when this rank is still in MPI's start-up after ``limit`` s.
+
+    In ``MPI_Init`` a rank waits for every other rank of the job; one that never gets
+    there (stopped, stuck before MPI, on a host that stalls) leaves it waiting for ever,
+    holding Python's interpreter lock, so the watchdog's thread cannot run, and a rank
+    that merely exits leaves Hydra's ``mpiexec`` waiting for the missing one. The guard is
+    a small process of its own, started before ``MPI_Init``: once ``limit`` s pass without
+    a ``release``, it writes one line (this rank, its pid and host) and asks Hydra to abort
+    the job over this rank's PMI connection (``cmd=abort``, PMI-1's wire protocol;
+    ``PMI_FD``), and Hydra kills every rank on every host, stopped ones included; mpiexec
+    exits with ``STALLED_EXIT``. Only under Hydra (this rank's parent is
+    ``hydra_pmi_proxy``); elsewhere ``start`` returns None. The guard ends by itself when
+    this process does (the pipe it waits on closes).
+    """
+
+    def __init__(self, process, release_fd):
+        self._process = process
+        self._release_fd = release_fd
+
+    @classmethod
+    def start(cls, rank, limit):
+        """A guard of ``limit`` s for this rank (``rank``: its number, for the line), or
+        None where it cannot act (not under Hydra) or needs not (MPI is up)."""
+        pmi = os.environ.get('PMI_FD', '')
+        try:
+            with open(f'/proc/{os.getppid()}/comm') as f:
+                under_hydra = f.read().strip() == 'hydra_pmi_proxy'
+        except OSError:
+            under_hydra = False
+        if not (under_hydra and pmi.isdigit()) or mpi_started():
+            return None
+        line = (f'error: rank {rank} (pid {os.getpid()} on {socket.gethostname()}) is still '
+                f'in MPI\'s start-up after {limit:.0f} s (limit {limit:.0f} s, '
+                f'train.startup_timeout): the rank(s) not saying so never got there (stopped, '
+                f'stuck before MPI, or their host unreachable); ending the job (PMI abort)')
+        wait, release = os.pipe()
+        with children_ignore_stop_signals():
+            process = subprocess.Popen(
+                [sys.executable, '-I', '-S', '-c', _GUARD, str(wait), pmi, str(limit), line,
+                 str(STALLED_EXIT)], pass_fds=(wait, int(pmi)), stdin=subprocess.DEVNULL)
+        os.close(wait)
+        return cls(process, release)
+
+    def release(self):
+        """MPI is up: the guard ends (at once). Returns None."""
+        os.close(self._release_fd)
+        self._process.wait()
+        return None
 
 
 ABORT_WAIT_S = 10.0

@@ -78,12 +78,19 @@ def listener(host):
         return int(f.read())
 
 
+SLURM_DAEMONS = {'slurmctld', 'slurmscriptd', 'slurmd', 'slurmstepd', 'munged', 'srun',
+                 'sbatch', 'salloc', 'scancel', 'scontrol', 'squeue', 'sinfo', 'sacct'}
+"""The test SLURM cluster's daemons and commands (tests/test_slurm.py), which may run on
+the same test hosts: neither they nor what they started belong to these tests."""
+
+
 def on_host(host):
     """{pid: command line} of the processes on ``host`` (in its network namespace) other
-    than its sshd listener, which belongs to the test bed."""
+    than its sshd listener, which belongs to the test bed, and SLURM's daemons and what
+    they started (``SLURM_DAEMONS``)."""
     daemon = listener(host)
     namespace = os.readlink('/proc/{}/ns/net'.format(daemon))
-    found = {}
+    found, parents, names = {}, {}, {}
     for entry in os.listdir('/proc'):
         if not entry.isdigit() or int(entry) == daemon:
             continue
@@ -93,12 +100,21 @@ def on_host(host):
             with open('/proc/{}/cmdline'.format(entry), 'rb') as f:
                 command = f.read().replace(b'\0', b' ').decode(errors='replace')
             with open('/proc/{}/stat'.format(entry)) as f:
-                if f.read().rsplit(')', 1)[1].split()[0] == 'Z':
-                    continue
+                name, fields = f.read().split('(', 1)[1].rsplit(')', 1)
+            if fields.split()[0] == 'Z':
+                continue
         except OSError:
             continue
         found[int(entry)] = command
-    return found
+        parents[int(entry)], names[int(entry)] = int(fields.split()[1]), name
+
+    def slurm(pid):
+        while pid in names:
+            if names[pid] in SLURM_DAEMONS:
+                return True
+            pid = parents[pid]
+        return False
+    return {pid: command for pid, command in found.items() if not slurm(pid)}
 
 
 def left_behind(hosts, grace):
@@ -359,6 +375,50 @@ def test_a_host_off_the_network_at_start_up_ends_the_job(bed, tiny_sop):
     assert code != 0 and time.monotonic() - began < DEADLINE, (code, output)
     assert 'sop-n2' in output, output
     assert left_behind(job.hosts, grace=DEADLINE) == {}
+
+
+def _in_mpi(pid):
+    """Whether process ``pid`` has loaded MPI's library (its ``MPI_Init`` is under way)."""
+    try:
+        with open('/proc/{}/maps'.format(pid)) as f:
+            return 'libmpi' in f.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize('when', ['before MPI', 'in MPI start-up'])
+def test_a_rank_that_never_gets_through_mpi_start_up_ends_the_job(bed, tiny_sop, when,
+                                                                   record_property):
+    # sop-n2's rank is stopped (SIGSTOP) as soon as it runs, or once it has loaded MPI:
+    # rank 0 waits in MPI_Init for ever, holding Python's lock, and a rank that merely
+    # exited (the watchdog's fallback, 30 s later) left mpiexec waiting for sop-n2's proxy.
+    # liveness.StartupGuard asks Hydra to abort the job at train.startup_timeout.
+    startup = 20
+    out = os.path.join(bed, 'out')
+    job = Job(train_args(tiny_sop, out, 'train.epochs=1',
+                         'train.startup_timeout={}'.format(startup)))
+    began = time.monotonic()
+    ready = (lambda pid: True) if when == 'before MPI' else _in_mpi
+    while True:
+        ranks = [pid for pid, command in on_host('sop-n2').items()
+                 if 'launch.train' in command and 'hydra_pmi_proxy' not in command
+                 and ready(pid)]
+        if ranks:
+            break
+        assert job.proc.poll() is None and time.monotonic() - began < 60, job.finish(30)
+        time.sleep(0.01)
+    for pid in ranks:
+        os.kill(pid, signal.SIGSTOP)
+    code, output = job.finish(timeout=startup + DEADLINE + 60)
+    seconds = time.monotonic() - began
+    record_property('stopped_' + when.replace(' ', '_'), (code, round(seconds, 1)))
+    assert code == 4 and seconds < startup + DEADLINE, (code, seconds, output)
+    errors = [line for line in output.splitlines() if line.startswith('error:')]
+    assert len(errors) == 1 and errors[0].startswith('error: rank 0 (pid ') and (
+        'on sop-n1) is still in MPI\'s start-up after {} s'.format(startup) in errors[0]), output
+    # Hydra killed the stopped rank too; nothing of the job is left on either host.
+    assert left_behind(job.hosts, grace=DEADLINE) == {}
+    assert_nothing_written('sop-n1', out)
 
 
 def test_sigterm_to_mpiexec_with_ranks_on_both_hosts_checkpoints_once(bed, tiny_sop):
