@@ -6,7 +6,7 @@ the folder '0012'); any other value is read as YAML (``train.epochs=3``,
 ``optimizer.decay_epochs=[30,60]``), as the file is (``distributed.yaml_reader``). Unknown
 keys, wrong types and impossible values raise ``ConfigError`` naming the key and what to do.
 What a file alone cannot tell is checked where it is known: the machine (``runtime``), the
-data tree (``data.sop``), the weights (``evaluate.load_model``).
+data tree (``data.sop``), the weights (``weights.load_model``).
 """
 import ast
 import dataclasses

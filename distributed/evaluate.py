@@ -19,13 +19,12 @@ import chainer.functions as F
 import chainermn
 import numpy
 
-from distributed import weights
-from distributed.checkpoint.files import trained_with
 from distributed.config import Config, ConfigError, ModelConfig, build, validate
 from distributed.data import read_on_root, sop, split_empty, unreadable_report
 from distributed.data.datasets import decoded
 from distributed.data.transforms import ValTransform
-from distributed.model import create_model, mean_of
+from distributed.model import mean_of
+from distributed.weights import load_model, weights_path
 from distributed.data.converter import InputConverter
 from distributed.failures import naming
 
@@ -53,10 +52,6 @@ def expand_shorthand(overrides):
             for o in overrides]
 
 
-def weights_path(config):
-    return config.model.path or os.path.join(config.out, 'model.npz')
-
-
 def load_eval_config(path=None, overrides=()):
     """The validated ``EvalConfig`` (the training keys are read and checked too)."""
     config = validate(build(EvalConfig, path, expand_shorthand(overrides)))
@@ -64,37 +59,6 @@ def load_eval_config(path=None, overrides=()):
         raise ConfigError('split must be one of {}, not {!r}'.format(
             ', '.join(SPLITS), config.split))
     return config
-
-
-def load_model(config):
-    """The classifier of ``config.model`` with the weights of ``weights_path(config)``: a
-    model.npz, or a training checkpoint (snapshot_iter_<N>.npz), whose model it takes.
-
-    The file is read without pickle and used whole (``weights.load_weights``); raises
-    ``ConfigError`` naming the file, what it holds and what to pass.
-    """
-    path = weights_path(config)
-    wanted = ('pass the model.npz that launch.train wrote, e.g. model=results/smoke/model.npz '
-              '(make train makes one), or one of its snapshot_iter_<N>.npz')
-    if os.path.isdir(path):
-        inside = os.path.join(path, 'model.npz')
-        if os.path.isfile(inside):
-            wanted = ('pass the model.npz in it, model={}, or one of its '
-                      'snapshot_iter_<N>.npz'.format(inside))
-        raise ConfigError('model file {} is a folder, not a weights file; {}'.format(
-            path, wanted))
-    if os.path.exists(path) and not os.path.isfile(path):
-        raise ConfigError('model file {} is not a regular file; {}'.format(path, wanted))
-    if not os.path.isfile(path):
-        raise ConfigError('model file {} does not exist; {}'.format(path, wanted))
-    model = create_model(config.model.arch, zero_gamma=config.model.zero_gamma)
-    try:
-        arrays = weights.read_npz(weights.read_bytes(path), 'model file ' + path)
-        weights.load_weights(model, weights.model_arrays(arrays), 'model file ' + path,
-                             config.model.arch, trained_with(arrays))
-    except weights.WeightsError as e:
-        raise ConfigError(str(e))
-    return model
 
 
 def topk_hits(scores, labels, k):

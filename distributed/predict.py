@@ -14,7 +14,8 @@ from distributed.config import Config, ConfigError, build, validate
 from distributed.data import sop
 from distributed.data.images import UnreadableImage
 from distributed.data.transforms import ValTransform
-from distributed.evaluate import WeightsModelConfig, expand_shorthand, load_model
+from distributed.evaluate import WeightsModelConfig, expand_shorthand
+from distributed.weights import load_model
 from distributed.model import mean_of
 from distributed.data.converter import InputConverter
 from distributed.runtime import select_device

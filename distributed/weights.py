@@ -1,85 +1,30 @@
-"""Reading .npz files without running code, and loading weights whole or not at all.
-
-chainer's ``load_npz`` opens files with ``allow_pickle=True``: an object array in a model
-file is unpickled, and unpickling runs whatever code the file names. Here every file is
-read with ``allow_pickle=False`` and every array is read whole (numpy reads an .npz
-member lazily; reading it to its end is what checks its CRC), so a file is either
-entirely read and checked or refused. chainer's ``NpzDeserializer`` then loads the arrays
-from the dict, which it accepts in place of an open file.
+"""A classifier loaded from a file: a model.npz or a training checkpoint, whole or not at all.
 
 A classifier's weights are used whole or refused: arrays the network does not ask for,
 arrays it asks for and the file lacks, and arrays of another shape are all errors that
-name the file and, where its keys tell, the network it holds.
+name the file and, where its keys tell, the network it holds. Files are read without
+pickle (``safe_npz``).
 """
-import io
-import zipfile
-import zlib
+import json
+import os
 
 import numpy
 from chainer.serializers import npz
 
-from distributed.model import ARCHS, res4_blocks
+from distributed import safe_npz
+from distributed.checkpoint.files import from_text_array
+from distributed.config import ConfigError
+from distributed.model import ARCHS, create_model, res4_blocks
 
 CHECKPOINT_MODEL = 'updater/model:main/'
 """Where a training checkpoint (snapshot_iter_<N>.npz) holds the classifier."""
 RES4_BLOCKS = {res4_blocks(arch): arch for arch in ARCHS}
 """Bottleneck blocks in res4, the stage in which the ResNets differ, and the arch."""
-ZIP_MAGIC = (b'PK\x03\x04', b'PK\x05\x06')  # a zip (.npz) with members, and an empty one
 
 
-class WeightsError(ValueError):
-    """A weights or checkpoint file that is not used; the message names it, says why and
-    what to do."""
-
-
-class Unreadable(WeightsError):
-    """The file does not read back whole: missing, a folder, not readable, cut short or
-    damaged (``resume=auto`` goes on to an older checkpoint)."""
-
-
-def read_bytes(path):
-    """The content of the file ``path`` (bytes); raises ``Unreadable``."""
-    try:
-        with open(path, 'rb') as f:
-            return f.read()
-    except OSError as e:
-        raise Unreadable('{} cannot be read ({})'.format(path, e.strerror or e))
-
-
-def read_npz(data, name):
-    """Every array of the .npz archive ``data`` (bytes), read to its end and checked.
-
-    Returns ``{key: numpy.ndarray}``. Raises ``Unreadable`` (naming ``name``) for a file
-    that is not a whole .npz archive, and ``WeightsError`` for one that holds Python
-    objects (an object array: only pickle reads those, and unpickling can run code).
-    """
-    if not data.startswith(ZIP_MAGIC):
-        raise Unreadable('{} is not an .npz archive ({}); it may be cut short or damaged, '
-                         'or another kind of file'.format(
-                             name, 'empty' if not data else 'it does not start as a zip '
-                             'archive does'))
-    arrays = {}
-    key = None
-    try:
-        with numpy.load(io.BytesIO(data), allow_pickle=False) as archive:
-            for key in archive.files:
-                arrays[key] = archive[key]
-    except (ValueError, zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
-        if isinstance(e, ValueError) and 'allow_pickle' in str(e):
-            raise WeightsError(
-                '{} holds {} as Python objects (a numpy object array), which only pickle '
-                'can read, and unpickling a file can run any code: the file is not read. '
-                'Use a file that launch.train wrote'.format(name, key))
-        where = '{} does not read'.format(key) if key else 'its zip directory does not read'
-        # One line: a parser's message may span several.
-        raise Unreadable('{} is cut short or damaged: {} ({}: {})'.format(
-            name, where, type(e).__name__, ' '.join(str(e).split())))
-    # numpy hands back the bytes of a member that is not an .npy array.
-    odd = [key for key, value in arrays.items() if not isinstance(value, numpy.ndarray)]
-    if odd:
-        raise Unreadable('{} is damaged: {} is not a numpy array (not an .npz file that '
-                         'numpy or chainer wrote)'.format(name, odd[0]))
-    return arrays
+class WeightsError(safe_npz.NpzError):
+    """A weights file that does not fit the network; the message names it, says why and
+    what to pass."""
 
 
 def arch_of(keys):
@@ -141,3 +86,47 @@ def load_weights(model, arrays, name, arch, trained_with=None):
 
 def _e_g(keys):
     return ' (e.g. {})'.format(', '.join(keys[:3])) if keys else ''
+
+
+def weights_path(config):
+    return config.model.path or os.path.join(config.out, 'model.npz')
+
+
+def load_model(config):
+    """The classifier of ``config.model`` with the weights of ``weights_path(config)``: a
+    model.npz, or a training checkpoint (snapshot_iter_<N>.npz), whose model it takes.
+
+    The file is read without pickle and used whole (``load_weights``); raises
+    ``ConfigError`` naming the file, what it holds and what to pass.
+    """
+    path = weights_path(config)
+    wanted = ('pass the model.npz that launch.train wrote, e.g. model=results/smoke/model.npz '
+              '(make train makes one), or one of its snapshot_iter_<N>.npz')
+    if os.path.isdir(path):
+        inside = os.path.join(path, 'model.npz')
+        if os.path.isfile(inside):
+            wanted = ('pass the model.npz in it, model={}, or one of its '
+                      'snapshot_iter_<N>.npz'.format(inside))
+        raise ConfigError('model file {} is a folder, not a weights file; {}'.format(
+            path, wanted))
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise ConfigError('model file {} is not a regular file; {}'.format(path, wanted))
+    if not os.path.isfile(path):
+        raise ConfigError('model file {} does not exist; {}'.format(path, wanted))
+    model = create_model(config.model.arch, zero_gamma=config.model.zero_gamma)
+    try:
+        arrays = safe_npz.read_npz(safe_npz.read_bytes(path), 'model file ' + path)
+        load_weights(model, model_arrays(arrays), 'model file ' + path, config.model.arch,
+                     trained_with(arrays))
+    except safe_npz.NpzError as e:
+        raise ConfigError(str(e))
+    return model
+
+
+def trained_with(arrays):
+    """The model.arch in the record of a checkpoint's ``arrays``, or None (a model.npz,
+    or no readable record)."""
+    try:
+        return json.loads(from_text_array(arrays['meta/record']))['config']['model']['arch']
+    except (KeyError, ValueError, TypeError):
+        return None

@@ -336,7 +336,7 @@ def test_auto_resumes_from_the_newest_checkpoint_that_reads(tmp_path, monkeypatc
     """Every way a newer checkpoint can fail to read back whole is skipped and said; the
     same file given with resume=PATH is an error naming it."""
     from files import DAMAGES, damage
-    from distributed import weights
+    from distributed import safe_npz
     trainer, _ = make_trainer(tmp_path, 2, interval=1, keep=5)
     run(trainer)
     good = tmp_path / 'snapshot_iter_2.npz'
@@ -353,7 +353,7 @@ def test_auto_resumes_from_the_newest_checkpoint_that_reads(tmp_path, monkeypatc
         if str(path) == str(damaged['unreadable']):
             raise PermissionError(errno.EACCES, 'Permission denied', str(path))
         return open(path, *args, **kwargs)
-    monkeypatch.setattr(weights, 'open', denies, raising=False)
+    monkeypatch.setattr(safe_npz, 'open', denies, raising=False)
     reasons = {'truncated': 'cut short or damaged: its zip directory does not read',
                'empty': 'is not an .npz archive (empty)',
                'zeros': 'is not an .npz archive',

@@ -10,7 +10,8 @@ from PIL import Image
 from distributed.config import ConfigError
 from distributed.data.sop import SUPER_CLASS_NAMES
 from distributed.evaluate import (Counts, allreduce_counts, format_report, load_eval_config,
-                                  load_model, plot_confusion, summarize, topk_hits)
+                                  plot_confusion, summarize, topk_hits)
+from distributed.weights import load_model
 from launching import REPO, TINY, run_launcher
 from saved_models import save_model
 

@@ -13,7 +13,7 @@ iteration; extension states such as LogReport's log and the triggers) plus:
 
 Nothing per rank is stored: the iterator's state is the run's global position, and what
 differs between ranks is made equal before the write (``extension.collect``). Nothing in
-the file is pickled, and it is read with ``allow_pickle=False`` (``weights.read_npz``): no
+the file is pickled, and it is read with ``allow_pickle=False`` (``safe_npz.read_npz``): no
 checkpoint can run code.
 """
 import io
@@ -25,7 +25,7 @@ import zipfile
 import numpy
 from chainer.serializers import npz
 
-from distributed import weights
+from distributed import safe_npz
 from distributed.failures import naming
 
 
@@ -119,7 +119,7 @@ def read_checkpoint(data, path):
     array read and checked, None values restored (as chainer's reader expects them), and
     the record of the run that wrote it.
 
-    Raises ``weights.Unreadable`` for a file that does not read back whole, and
+    Raises ``safe_npz.Unreadable`` for a file that does not read back whole, and
     ``CheckpointError`` for one that this version does not read.
     """
     if _pickled_rank_states(data):
@@ -129,10 +129,10 @@ def read_checkpoint(data, path):
             'not read. Start afresh (in another out folder, or move it away), or finish '
             'that run with the version that wrote it'.format(path))
     try:
-        arrays = weights.read_npz(data, path)
-    except weights.Unreadable:
+        arrays = safe_npz.read_npz(data, path)
+    except safe_npz.Unreadable:
         raise
-    except weights.WeightsError as e:
+    except safe_npz.NpzError as e:
         raise CheckpointError(str(e))
     try:
         record = json.loads(from_text_array(arrays.pop('meta/record')))
@@ -169,15 +169,6 @@ def _pickled_rank_states(data):
                        for name in archive.namelist())
     except (zipfile.BadZipFile, EOFError, OSError):
         return False
-
-
-def trained_with(arrays):
-    """The model.arch in the record of a checkpoint's ``arrays``, or None (a model.npz,
-    or no readable record)."""
-    try:
-        return json.loads(from_text_array(arrays['meta/record']))['config']['model']['arch']
-    except (KeyError, ValueError, TypeError):
-        return None
 
 
 def read_record(path):

@@ -12,7 +12,7 @@ import os
 
 from chainer.serializers import npz
 
-from distributed import weights
+from distributed import safe_npz
 from distributed.checkpoint.files import (FORMAT, CheckpointError, list_checkpoints,
                                           read_checkpoint, read_record)
 from distributed.config import to_dict
@@ -101,7 +101,7 @@ def load(trainer, comm, is_root, resume, out):
         if arrays is None:  # rank 0 read it already; the others read the same bytes
             arrays, _ = read_checkpoint(data, path)
         trainer.serialize(npz.NpzDeserializer(arrays))
-    except (KeyError, ValueError, TypeError, weights.WeightsError) as e:
+    except (KeyError, ValueError, TypeError, safe_npz.NpzError) as e:
         problem = ('checkpoint {} does not fit this job ({}: {}); give another with '
                    'resume=PATH, or start afresh in another out folder'.format(
                        path, type(e).__name__, e))
@@ -133,9 +133,9 @@ def choose(resume, out, record, ranks):
             raise CheckpointError('resume={}: no such checkpoint file; give an existing '
                                   'snapshot_iter_<N>.npz, or resume=auto'.format(resume))
         try:
-            data = weights.read_bytes(folder)
+            data = safe_npz.read_bytes(folder)
             arrays, saved = read_checkpoint(data, folder)
-        except weights.Unreadable as e:
+        except safe_npz.Unreadable as e:
             raise CheckpointError('resume={}: {}; give an intact checkpoint with resume=PATH, '
                                   'or resume=auto (the newest in out that reads)'.format(
                                       resume, e))
@@ -151,9 +151,9 @@ def choose(resume, out, record, ranks):
     skipped = []
     for path in found:
         try:
-            data = weights.read_bytes(path)
+            data = safe_npz.read_bytes(path)
             arrays, saved = read_checkpoint(data, path)
-        except weights.Unreadable as e:
+        except safe_npz.Unreadable as e:
             skipped.append(str(e))
             continue
         return path, data, arrays, [
