@@ -7,6 +7,7 @@ the dataclasses themselves: the field's type (a ``typing.Literal`` lists its cho
 default, and the string literal under it (``config.describe``). ``tests/test_config.py``
 fails when the page and the code disagree.
 """
+import dataclasses
 import importlib
 import sys
 import typing
@@ -95,6 +96,13 @@ def table(rows):
     return '\n'.join(lines) + '\n'
 
 
+def sections(schema):
+    """``[(name, description)]`` of the sections (dataclass fields) of ``schema``."""
+    hints = typing.get_type_hints(schema)
+    return [(name, config_module.field_doc(schema, name).rstrip('.'))
+            for name, kind in hints.items() if dataclasses.is_dataclass(kind)]
+
+
 def render():
     """The whole of docs/configuration.md."""
     base = {row[0]: row for row in config_module.describe(config_module.Config)}
@@ -104,10 +112,13 @@ def render():
         rows = config_module.describe(schema)
         parts.append(f'\n## `{command}`\n\n')
         if schema is config_module.Config:
-            parts.append('`Config`: the training run.\n\n')
+            listed = '; '.join(f'`{name}` ({text})' for name, text in sections(schema))
+            parts.append(f'`Config`: the training run, in sections: {listed}.\n\n')
         elif issubclass(schema, config_module.Config):
+            changed = ''.join(f' Its `{name}` section: {text}.' for name, text in sections(schema)
+                              if (name, text) not in sections(config_module.Config))
             parts.append(f'`{schema.__name__}`: the keys of `launch.train` (read and checked '
-                         'too, so one file serves both), and these:\n\n')
+                         f'too, so one file serves both), and the keys below.{changed}\n\n')
             rows = [row for row in rows if base.get(row[0]) != row]
         else:
             parts.append(f'`{schema.__name__}`: its own keys.\n\n')
