@@ -1,10 +1,12 @@
 """Configuration: one dataclass per section, defaults < YAML file < command line.
 
 ``load_config(path, overrides)`` returns a validated ``Config``. Overrides are dotted
-``key.sub=value`` strings. The value of a text (str) key is taken as typed (``out=0012`` is
-the folder '0012'); any other value is read as YAML (``train.epochs=3``,
-``optimizer.decay_epochs=[30,60]``), as the file is (``distributed.yaml_reader``). Unknown
-keys, wrong types and impossible values raise ``ConfigError`` naming the key and what to do.
+``key.sub=value`` strings. The value of a text key (str, or a ``typing.Literal`` of strs:
+a key with choices) is taken as typed (``out=0012`` is the folder '0012'); any other value is
+read as YAML (``train.epochs=3``, ``optimizer.decay_epochs=[30,60]``), as the file is
+(``distributed.yaml_reader``). Unknown keys, wrong types and impossible values raise
+``ConfigError`` naming the key and what to do; a key's choices are read from its Literal
+type, nowhere else (``check_choices``).
 What a file alone cannot tell is checked where it is known: the machine (``runtime``), the
 data tree (``data.sop``), the weights (``weights.load_model``).
 """
