@@ -23,8 +23,26 @@ INPLACE = 'inplace'
 """The communicator name (``comm.communicator``) of ``InPlaceMeanGrad`` over ``naive``."""
 
 
+def spans_nodes(mpi_comm):
+    """Whether the ranks of ``mpi_comm`` run on more than one node (collective: every rank
+    calls it; every rank gets the same answer)."""
+    from mpi4py import MPI
+    node = mpi_comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        return node.size < mpi_comm.size
+    finally:
+        node.Free()
+
+
 class InPlaceMeanGrad:
-    """A CPU ChainerMN communicator whose gradient mean is one in-place Allreduce per array.
+    """A CPU ChainerMN communicator whose gradient mean is in-place MPI Allreduce: one per
+    array, or one of a single flat buffer that packs them all (``packed``).
+
+    ``packed`` (None: decided here, by ``spans_nodes``): on one node the ranks share
+    memory and one Allreduce per array is the fastest (no copies); between nodes over TCP
+    one large message is faster than 161 small ones even with the two copies of the
+    gradients (docs: BENCHMARKS.md, "Across two hosts"). Every rank must take the same
+    choice (the calls must match).
 
     ``grads_predivided`` says whether the gradients now held were computed from a loss
     divided by the number of ranks (``predivided`` sets it; a reduction or a broadcast
@@ -32,11 +50,13 @@ class InPlaceMeanGrad:
     its reduction, so the result is the mean either way.
     """
 
-    def __init__(self, comm):
+    def __init__(self, comm, packed=None):
         self._comm = comm
         self._model = None
         self._params = []
+        self._buffer = None
         self.grads_predivided = False
+        self.packed = spans_nodes(comm.mpi_comm) if packed is None else bool(packed)
 
     def __getattr__(self, name):
         return getattr(self._comm, name)
@@ -73,6 +93,7 @@ class InPlaceMeanGrad:
         alone = mpi_comm.size == 1
         scale = None if self.grads_predivided else 1.0 / mpi_comm.size
         self.grads_predivided = False
+        grads = []
         for param in self._ordered_params(model):
             if param.array is None:
                 continue
@@ -86,12 +107,37 @@ class InPlaceMeanGrad:
             if not isinstance(grad, numpy.ndarray):
                 raise TypeError('comm.communicator={} reduces NumPy arrays on the CPU; for '
                                 'GPU arrays use comm.communicator=auto'.format(INPLACE))
+            grads.append((param, grad))
+        if self.packed and grads and len({grad.dtype for _, grad in grads}) == 1:
+            self._reduce_packed(mpi_comm, grads, scale)
+            return
+        for _, grad in grads:
             buffer = grad if grad.flags.c_contiguous else numpy.ascontiguousarray(grad)
             mpi_comm.Allreduce(MPI.IN_PLACE, buffer)
             if scale is not None:
                 buffer *= scale
             if buffer is not grad:
                 grad[...] = buffer
+
+    def _reduce_packed(self, mpi_comm, grads, scale):
+        # ``grads``: [(param, its gradient)]. One buffer for the model's gradients, kept
+        # from step to step; after the reduction each ``param.grad`` is its part of that
+        # buffer (no copy back). The updater clears the gradients before the next backward
+        # (``cleargrads``), so the next reduction packs new arrays into the buffer.
+        from mpi4py import MPI
+        dtype = grads[0][1].dtype
+        size = sum(grad.size for _, grad in grads)
+        if self._buffer is None or self._buffer.size != size or self._buffer.dtype != dtype:
+            self._buffer = numpy.empty(size, dtype)
+        buffer = self._buffer
+        numpy.concatenate([grad.ravel() for _, grad in grads], out=buffer)
+        mpi_comm.Allreduce(MPI.IN_PLACE, buffer)
+        if scale is not None:
+            buffer *= scale
+        offset = 0
+        for param, grad in grads:
+            param.grad = buffer[offset:offset + grad.size].reshape(grad.shape)
+            offset += grad.size
 
     def allreduce_grad(self, model, zero_fill=False):
         # chainermn's older name for the same step; forwarded to the wrapped communicator,

@@ -22,8 +22,12 @@ class _Net(chainer.Chain):
 
 
 @pytest.mark.mpi
-def test_inplace_allreduce_is_the_mean_over_ranks(world):
-    comm = create_communicator(INPLACE)
+@pytest.mark.parametrize('packed', [None, False, True])
+def test_inplace_allreduce_is_the_mean_over_ranks(world, packed):
+    # None: the communicator's own choice (per array on one host; packed across hosts).
+    comm = (create_communicator(INPLACE) if packed is None
+            else InPlaceMeanGrad(chainermn.create_communicator('naive'), packed=packed))
+    assert comm.packed is (packed or False)
     net = _Net()
     params = [p for _, p in sorted(net.namedparams())]
     for i, param in enumerate(params):

@@ -39,7 +39,15 @@ def measure_allreduce(config, runtime, model):
 
     predivides = hasattr(runtime.comm, 'predivided')
 
+    # On the CPU, ``grads`` are the model's own arrays (not copies).
+    params = ([param for _, param in sorted(model.namedparams()) if param.grad is not None]
+              if runtime.device.xp is numpy else [])
+
     def product():
+        # Each round reduces the gradients as a backward leaves them (arrays of their own:
+        # a packed reduction leaves views of its buffer, which the updater clears).
+        for param, grad in zip(params, grads):
+            param.grad = grad
         if predivides:
             # As in training, whose loss was divided by the ranks (comm.loss_function).
             runtime.comm.grads_predivided = True
@@ -54,6 +62,19 @@ def measure_allreduce(config, runtime, model):
             mpi_comm.Allreduce(MPI.IN_PLACE, grad)
 
     patterns = {'product': product, 'raw_flat': raw_flat, 'raw_arrays': raw_arrays}
+    layout = getattr(runtime.comm, 'packed', None)
+    if layout is not None:
+        # The product's other layout (packed into one buffer, or one call per array).
+        from distributed.comm import InPlaceMeanGrad
+        other = InPlaceMeanGrad(chainermn.create_communicator('naive', mpi_comm=mpi_comm),
+                                packed=not layout)
+
+        def product_other():
+            for param, grad in zip(params, grads):
+                param.grad = grad
+            other.grads_predivided = True
+            other.multi_node_mean_grad(model)
+        patterns['other_layout'] = product_other
     naive = None
     if runtime.device.xp is numpy and type(runtime.comm).__name__ != 'NaiveCommunicator':
         naive = chainermn.create_communicator('naive', mpi_comm=mpi_comm)
@@ -76,6 +97,8 @@ def measure_allreduce(config, runtime, model):
         'allreduce_fp16_s': times.get('fp16'),
         'allreduce_ratio': times['product'] / raw if raw else 1.0,
         'allreduce_naive_ratio': times['naive'] / raw if raw and 'naive' in times else None,
+        'allreduce_layout': None if layout is None else ('packed' if layout else 'per-array'),
+        'allreduce_other_layout_s': times.get('other_layout'),
         'allreduce_bytes': int(flat.nbytes),
         'allreduce_arrays': len(grads),
     }
