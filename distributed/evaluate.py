@@ -56,8 +56,7 @@ def load_eval_config(path=None, overrides=()):
     """The validated ``EvalConfig`` (the training keys are read and checked too)."""
     config = validate(build(EvalConfig, path, expand_shorthand(overrides)))
     if config.split not in SPLITS:
-        raise ConfigError('split must be one of {}, not {!r}'.format(
-            ', '.join(SPLITS), config.split))
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, not {config.split!r}")
     return config
 
 
@@ -129,7 +128,7 @@ def summarize(counts, names=sop.SUPER_CLASS_NAMES):
             'top5': int(counts.hits[TOP_K.index(5), i]) / count if count else None})
     result = {'n': n}
     for k, total in zip(TOP_K, totals):
-        result['top{}'.format(k)] = int(total) / n if n else None
+        result[f'top{k}'] = int(total) / n if n else None
     result['loss'] = counts.loss / n if n else None
     result['per_class'] = per_class
     result['confusion'] = counts.confusion.tolist()
@@ -140,7 +139,7 @@ def format_report(result, split='test'):
     """The console table: overall top-1 / top-5 and mean loss, then accuracy and count per
     super-class."""
     def pct(v):
-        return '   -  ' if v is None else '{:6.1%}'.format(v)
+        return '   -  ' if v is None else f'{v:6.1%}'
     lines = ['{} split: {} images, top-1 {}, top-5 {}, loss {}'.format(
         split, result['n'], pct(result['top1']).strip(), pct(result['top5']).strip(),
         '-' if result['loss'] is None else '{:.4f}'.format(result['loss'])),
@@ -164,14 +163,14 @@ def plot_confusion(confusion, path, names=sop.SUPER_CLASS_NAMES, title='confusio
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label='fraction of the true class')
     ticks = range(len(names))
     ax.set_xticks(ticks, labels=names, rotation=60, ha='right', fontsize=8)
-    ax.set_yticks(ticks, labels=['{} ({})'.format(nm, int(r)) for nm, r in zip(names, rows[:, 0])],
+    ax.set_yticks(ticks, labels=[f'{nm} ({int(r)})' for nm, r in zip(names, rows[:, 0])],
                   fontsize=8)
     ax.set_xlabel('predicted super-class')
     ax.set_ylabel('true super-class (images)')
     ax.set_title(title)
     for (i, j), v in numpy.ndenumerate(norm):
         if confusion[i, j]:
-            ax.text(j, i, '{:.2f}'.format(v).lstrip('0'), ha='center', va='center', fontsize=6,
+            ax.text(j, i, f'{v:.2f}'.lstrip('0'), ha='center', va='center', fontsize=6,
                     color='white' if v > 0.5 else 'black')
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -252,11 +251,11 @@ def evaluate(config, runtime):
     batch_size = config.train.eval_batch_size or config.train.batch_size
     shown = None
     if runtime.is_root:
-        shown = Progress('evaluate {} (rank 0 of {})'.format(config.split, runtime.size),
+        shown = Progress(f'evaluate {config.split} (rank 0 of {runtime.size})',
                          math.ceil(len(dataset) / batch_size))
 
     def progress(done):
-        runtime.watchdog.progress('evaluation batch {}'.format(done))
+        runtime.watchdog.progress(f'evaluation batch {done}')
         if shown:
             shown(done)
     counts = count_shard(model, dataset, config, runtime.device, progress)

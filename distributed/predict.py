@@ -70,7 +70,7 @@ class Predictor:
         try:
             p = self.probabilities(path)
         except UnreadableImage as e:
-            return Prediction(path, [], 'cannot read {} as an image ({})'.format(path, e.reason))
+            return Prediction(path, [], f'cannot read {path} as an image ({e.reason})')
         order = numpy.argsort(-p, kind='stable')[:self.top_k]
         return Prediction(path, [(int(i), sop.SUPER_CLASS_NAMES[i], float(p[i]))
                                  for i in order])
@@ -78,6 +78,6 @@ class Predictor:
 
 def format_prediction(prediction):
     if prediction.error:
-        return 'error: {}'.format(prediction.error)
-    return '\n'.join([prediction.path] + ['  {:>2}:{:<14}{:7.1%}'.format(i, name, p)
+        return f'error: {prediction.error}'
+    return '\n'.join([prediction.path] + [f'  {i:>2}:{name:<14}{p:7.1%}'
                                           for i, name, p in prediction.top])

@@ -83,8 +83,7 @@ def probe_gpus():
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as e:
-        return 0, 'CuPy {} finds no usable GPU ({}: {})'.format(
-            cupy.__version__, type(e).__name__, e)
+        return 0, f'CuPy {cupy.__version__} finds no usable GPU ({type(e).__name__}: {e})'
     if count == 0:
         return 0, 'CuPy {} sees no GPU (CUDA_VISIBLE_DEVICES={!r})'.format(
             cupy.__version__, os.environ.get('CUDA_VISIBLE_DEVICES'))
@@ -123,7 +122,7 @@ def select_device(setting, local_index, size, gpus=None):
         if index >= count:
             raise StartupError('device={}: only {} GPU(s) visible (ids 0 to {}).'.format(
                 setting, count, count - 1))
-    return chainer.get_device('@cupy:{}'.format(index))
+    return chainer.get_device(f'@cupy:{index}')
 
 
 def nccl_available():
@@ -193,8 +192,7 @@ def agree(mpi_comm, error):
     if failed:
         rank, message = failed[0]
         if mpi_comm.size > 1:
-            message = 'rank {} ({} of {} ranks failed): {}'.format(
-                rank, len(failed), mpi_comm.size, message)
+            message = f'rank {rank} ({len(failed)} of {mpi_comm.size} ranks failed): {message}'
         raise StartupError(message)
 
 
@@ -233,7 +231,7 @@ def create_runtime(config):
         comm = comm_module.create_communicator(
             name, **communicator_options(name, config.comm.allreduce_dtype))
     except ValueError as e:
-        raise StartupError('comm.communicator={}: {}'.format(name, e))
+        raise StartupError(f'comm.communicator={name}: {e}')
     device.use()
     return Runtime(comm=comm, device=device, communicator=name, nodes=nodes,
                    watchdog=watchdog)
@@ -248,7 +246,7 @@ def _version(name):
 
 
 def _cuda_version(code):
-    return '{}.{}'.format(code // 1000, code % 1000 // 10)
+    return f'{code // 1000}.{code % 1000 // 10}'
 
 
 def _gpu_lines(runtime):
@@ -257,8 +255,7 @@ def _gpu_lines(runtime):
     except ImportError:
         return ['CuPy: not installed (CPU only)']
     if not runtime.on_gpu:
-        return ['CuPy {}: installed, not used (device=cpu, or no GPU)'.format(
-            cupy.__version__)]
+        return [f'CuPy {cupy.__version__}: installed, not used (device=cpu, or no GPU)']
     from chainer.backends import cuda
     rt = cupy.cuda.runtime
     props = rt.getDeviceProperties(runtime.device.device.id)
@@ -268,7 +265,7 @@ def _gpu_lines(runtime):
         _cuda_version(rt.driverGetVersion()), runtime.device.device.id, name,
         props['totalGlobalMem'] / 2 ** 30)]
     if cuda.cudnn_enabled:
-        lines.append('cuDNN {}'.format(cuda.cuda.cudnn.getVersion()))
+        lines.append(f'cuDNN {cuda.cuda.cudnn.getVersion()}')
     else:
         lines.append('cuDNN: absent from CuPy (CuPy >= 14 has no cuDNN support): chainer '
                      'runs pooling with CuPy kernels')
@@ -276,7 +273,7 @@ def _gpu_lines(runtime):
     if nccl_available():
         from cupy.cuda import nccl
         code = nccl.get_version()
-        lines.append('NCCL {}.{}.{}'.format(code // 10000, code % 10000 // 100, code % 100))
+        lines.append(f'NCCL {code // 10000}.{code % 10000 // 100}.{code % 100}')
     else:
         lines.append('NCCL: absent (gradients go through MPI, which must be CUDA-aware)')
     return lines

@@ -33,7 +33,7 @@ def read_bytes(path):
         with open(path, 'rb') as f:
             return f.read()
     except OSError as e:
-        raise Unreadable('{} cannot be read ({})'.format(path, e.strerror or e))
+        raise Unreadable(f'{path} cannot be read ({e.strerror or e})')
 
 
 def read_npz(data, name):
@@ -60,7 +60,7 @@ def read_npz(data, name):
                 '{} holds {} as Python objects (a numpy object array), which only pickle '
                 'can read, and unpickling a file can run any code: the file is not read. '
                 'Use a file that launch.train wrote'.format(name, key))
-        where = '{} does not read'.format(key) if key else 'its zip directory does not read'
+        where = f'{key} does not read' if key else 'its zip directory does not read'
         # One line: a parser's message may span several.
         raise Unreadable('{} is cut short or damaged: {} ({}: {})'.format(
             name, where, type(e).__name__, ' '.join(str(e).split())))

@@ -85,7 +85,7 @@ def load_weights(model, arrays, name, arch, trained_with=None):
 
 
 def _e_g(keys):
-    return ' (e.g. {})'.format(', '.join(keys[:3])) if keys else ''
+    return f" (e.g. {', '.join(keys[:3])})" if keys else ''
 
 
 def weights_path(config):
@@ -107,12 +107,11 @@ def load_model(config):
         if os.path.isfile(inside):
             wanted = ('pass the model.npz in it, model={}, or one of its '
                       'snapshot_iter_<N>.npz'.format(inside))
-        raise ConfigError('model file {} is a folder, not a weights file; {}'.format(
-            path, wanted))
+        raise ConfigError(f'model file {path} is a folder, not a weights file; {wanted}')
     if os.path.exists(path) and not os.path.isfile(path):
-        raise ConfigError('model file {} is not a regular file; {}'.format(path, wanted))
+        raise ConfigError(f'model file {path} is not a regular file; {wanted}')
     if not os.path.isfile(path):
-        raise ConfigError('model file {} does not exist; {}'.format(path, wanted))
+        raise ConfigError(f'model file {path} does not exist; {wanted}')
     model = create_model(config.model.arch, zero_gamma=config.model.zero_gamma)
     try:
         arrays = safe_npz.read_npz(safe_npz.read_bytes(path), 'model file ' + path)

@@ -51,8 +51,7 @@ def load_bench_config(path=None, overrides=()):
     config = config_module.build(BenchConfig, path, overrides)
     for key in POSITIVE:
         if getattr(config, key) <= 0:
-            raise config_module.ConfigError('{} must be positive, not {!r}'.format(
-                key, getattr(config, key)))
+            raise config_module.ConfigError(f'{key} must be positive, not {getattr(config, key)!r}')
     if config.pipeline_noise < 0:
         raise config_module.ConfigError('pipeline_noise must be 0 or more, not {!r}'.format(
             config.pipeline_noise))

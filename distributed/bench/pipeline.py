@@ -38,7 +38,7 @@ def write_jpegs(folder, count, seed=0, sizes=PIPELINE_SIZES, noise=12.0):
         image = Image.fromarray(numpy.clip(pixels, 0, 255).astype(numpy.uint8))
         if i % 8 == 7:
             image = image.convert('L')
-        path = os.path.join(folder, '{:04d}.JPG'.format(i))
+        path = os.path.join(folder, f'{i:04d}.JPG')
         image.save(path, quality=90)
         paths.append(path)
     return paths

@@ -31,7 +31,7 @@ def format_table(result):
         lines.append('  chainermn naive {:.1f} ms ({:.2f}x best raw)'.format(
             result['allreduce_naive_s'] * ms, result['allreduce_naive_ratio']))
     if result['allreduce_fp16_s'] is not None:
-        lines.append('  pure_nccl float16 {:.1f} ms'.format(result['allreduce_fp16_s'] * ms))
+        lines.append(f"  pure_nccl float16 {result['allreduce_fp16_s'] * ms:.1f} ms")
     if 'pipeline_img_per_sec' in result:
         lines += [
             'Input pipeline, {pipeline_crop} px crops of {pipeline_images} SOP-sized JPEGs '
@@ -99,7 +99,7 @@ def breakdown_plot(results, png):
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
-    ranks = ['{} rank{}'.format(r['ranks'], 's' if r['ranks'] > 1 else '') for r in results]
+    ranks = [f"{r['ranks']} rank{'s' if r['ranks'] > 1 else ''}" for r in results]
     start = numpy.zeros(len(results))
     for part in STEP_PARTS:
         ms = numpy.array([r['parts_s'][part] * 1000 for r in results])
@@ -116,7 +116,7 @@ def breakdown_plot(results, png):
                  'bare full-size decode, Pillow': last['decode_img_per_sec'],
                  'bare full-size decode, simplejpeg': last['decode_fast_img_per_sec']}
         right.barh(list(paths), list(paths.values()), color=['gray', 'C0', 'C9', 'C7', 'C8'])
-        right.set_xlabel('images/s per core, {} px crops'.format(last['pipeline_crop']))
+        right.set_xlabel(f"images/s per core, {last['pipeline_crop']} px crops")
     else:
         right.set_axis_off()
     fig.tight_layout()

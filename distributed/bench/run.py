@@ -46,7 +46,7 @@ def run_benchmark(config, runtime, progress=None):
         'wait_share': slowest['wait'] / slowest['step'],
         'communicator': type(runtime.comm).__name__,
     }
-    say('gradient allreduce: {} rounds of each pattern'.format(config.allreduce_rounds))
+    say(f'gradient allreduce: {config.allreduce_rounds} rounds of each pattern')
     result.update(measure_allreduce(config, runtime, model))
     runtime.watchdog.progress('the allreduce measurement')
     if config.pipeline_images:

@@ -86,7 +86,7 @@ def measure_training(config, runtime, model):
         optimizer.update(lossfun, x, t)
         sync()
         end = time.perf_counter()
-        runtime.watchdog.progress('benchmark iteration {}'.format(i + 1))
+        runtime.watchdog.progress(f'benchmark iteration {i + 1}')
         if i >= config.warmup:
             rest = end - fetched
             rows.append({

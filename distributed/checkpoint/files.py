@@ -96,7 +96,7 @@ def save(path, arrays):
     arrays = {key: value for key, value in arrays.items() if key not in nones}
     objects = [key for key, value in arrays.items() if numpy.asarray(value).dtype.hasobject]
     if objects:
-        raise TypeError('a checkpoint would hold Python objects at {}'.format(objects))
+        raise TypeError(f'a checkpoint would hold Python objects at {objects}')
     arrays['meta/none'] = as_text_array(json.dumps(nones))
     # Uncompressed: zlib on ~200 MB of float32 weights costs seconds and saves little.
     save_npz(path, arrays, compression=False)

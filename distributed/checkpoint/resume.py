@@ -112,7 +112,7 @@ def load(trainer, comm, is_root, resume, out):
     synchronize_weights(trainer.updater.get_optimizer('main'), comm)
     iteration = trainer.updater.iteration
     return (path, iteration), notes + [
-        'resumed from {} at iteration {}'.format(path, iteration)] + changed
+        f'resumed from {path} at iteration {iteration}'] + changed
 
 
 def choose(resume, out, record, ranks):
@@ -126,7 +126,7 @@ def choose(resume, out, record, ranks):
         return fresh + ([], [])
     folder = out if resume == 'auto' else os.path.abspath(os.path.expanduser(resume))
     if resume == 'auto' and not os.path.exists(out):
-        return fresh + (['resume=auto: {} does not exist yet; starting afresh'.format(out)],
+        return fresh + ([f'resume=auto: {out} does not exist yet; starting afresh'],
                         [])
     if not os.path.isdir(folder):
         if not os.path.exists(folder):
@@ -157,7 +157,7 @@ def choose(resume, out, record, ranks):
             skipped.append(str(e))
             continue
         return path, data, arrays, [
-            'resume={}: skipped a checkpoint that does not read: {}'.format(resume, why)
+            f'resume={resume}: skipped a checkpoint that does not read: {why}'
             for why in skipped], fit(path, saved, record, ranks)
     raise CheckpointError('resume={}: none of the {} checkpoint(s) in {} reads ({}); move '
                           'them away to start afresh, or give one with resume=PATH'.format(
@@ -174,9 +174,9 @@ def fit(path, saved, record, ranks):
                                  _flat(record['config']).get('train.batch_size'),
                                  _flat(record['config']).get('train.split_chunks'))
     if refusal:
-        raise CheckpointError('checkpoint {}: {}'.format(path, refusal))
+        raise CheckpointError(f'checkpoint {path}: {refusal}')
     old, new = _flat(saved['config']), _flat(record['config'])
-    refused = ['{} {} -> {} ({})'.format(key, _show(old.get(key)), _show(new.get(key)), why)
+    refused = [f'{key} {_show(old.get(key))} -> {_show(new.get(key))} ({why})'
                for key, why in REFUSED.items() if old.get(key) != new.get(key)]
     if saved['data'] != record['data']:
         refused.append('the train split (data.root) {} -> {} (other images or labels: the '
@@ -188,7 +188,7 @@ def fit(path, saved, record, ranks):
                               'means: {}; resume with the values it was written with, or '
                               'start afresh in another out folder'.format(
                                   path, '; '.join(refused)))
-    return ['changed on resume: {} {} -> {}'.format(key, _show(old.get(key)), _show(new[key]))
+    return [f'changed on resume: {key} {_show(old.get(key))} -> {_show(new[key])}'
             for key in new if key != 'resume' and old.get(key, _MISSING) != new[key]]
 
 
@@ -209,14 +209,13 @@ def rank_count_refusal(chunks, ranks, batch_size=None, split_chunks=False, fresh
         return None
     works = [n for n in range(1, (chunks or 0) + 1) if chunks % n == 0]
     if splits:
-        split = ' (or split each chunk in {} with train.split_chunks=true)'.format(
-            ranks // chunks)
+        split = f' (or split each chunk in {ranks // chunks} with train.split_chunks=true)'
     elif split_chunks:
         split = (' (train.split_chunks=true needs a rank count that is a multiple of {} and '
                  'splits each chunk\'s {} images evenly)'.format(chunks, batch_size))
     else:
         split = ''
-    otherwise = ('set train.chunks to a multiple of {} (0: the rank count)'.format(ranks)
+    otherwise = (f'set train.chunks to a multiple of {ranks} (0: the rank count)'
                  if fresh else 'start afresh in another out folder')
     return ('the run has {} chunks per global batch (train.chunks), which {} rank(s) '
             'cannot share; run it on {} ranks{}, or {}'.format(

@@ -54,8 +54,7 @@ def choose(setting, on_gpu, chainer_has_cudnn, frontend_loader=load_frontend):
     frontend does not load, ``ValueError`` for a setting not in ``IMPLS``.
     """
     if setting not in IMPLS:
-        raise ValueError('train.conv_bn must be one of {}, not {!r}'.format(
-            ', '.join(IMPLS), setting))
+        raise ValueError(f"train.conv_bn must be one of {', '.join(IMPLS)}, not {setting!r}")
     if not on_gpu:
         if setting == 'cudnn':  # asked for by name: saying nothing would hide a wrong device
             raise Unavailable('train.conv_bn=cudnn runs on GPUs, but this rank computes on the '
@@ -285,7 +284,7 @@ def describe():
                     fe.backend_version(), getattr(fe, '__version__', '?'), why, LAYOUT,
                     'on' if _ACTIVE.tf32 else 'off'))
     if why == CHAINER_HAS_CUDNN:
-        return 'convolutions and BatchNorm: chainer\'s own path ({})'.format(why)
+        return f'convolutions and BatchNorm: chainer\'s own path ({why})'
     return ('convolutions and BatchNorm: chainer\'s own CuPy kernels (im2col + cuBLAS, '
             'separate reductions) ({})'.format(why))
 

@@ -145,8 +145,7 @@ class Frontend:
             graph.build_plans()
             built = Graph(graph, tensors, graph.get_workspace_size())
         except (fe.cudnnGraphNotSupportedError, RuntimeError, ValueError) as e:
-            self.declined[key] = '{}: {}'.format(type(e).__name__, str(e).splitlines()[0]
-                                                 if str(e) else '')
+            self.declined[key] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             return None
         self.graphs[key] = built
         self.builds += 1
