@@ -11,7 +11,7 @@ Both are published only as sdists that no longer build as they are on Python 3.1
   stand-in module that raises a clear error if it is ever called.
 
 The wheels are pure Python (py3-none-any), so one build serves Python 3.11 and 3.12 and
-can be carried to a machine without internet access (see README, "GPU machines").
+can be carried to a machine without internet access (see docs/gpus.md, "The GPU check").
 
 With ``--gpu-set`` it also fetches, for Python 3.12 on manylinux x86_64, the binary wheels
 the lent GPU machines' image lacks (``GPU_IMAGE_LACKS``), removes other versions of them
