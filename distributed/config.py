@@ -24,6 +24,10 @@ from distributed.yaml_reader import ConfigError, read_value, read_yaml
 Arch = typing.Literal['resnet50', 'resnet101', 'resnet152']
 """The networks (chainercv's ResNets, arch 'fb'): the one list of them (``model`` and
 ``weights`` take theirs from here)."""
+Dtype = typing.Literal['float32', 'mixed16']
+"""Training's compute dtype (``train.dtype``; the benchmark's ``dtype``)."""
+AllreduceDtype = typing.Literal['float32', 'float16']
+"""The gradient allreduce's dtype (``comm.allreduce_dtype``; the benchmark's)."""
 
 
 @dataclasses.dataclass
@@ -100,7 +104,7 @@ class TrainConfig:
     """Seed for the image order, augmentation and weight initialisation (0..2147483647)."""
     progress: bool = True
     """Show a progress bar on rank 0 when its output is a terminal (never in a file)."""
-    dtype: typing.Literal['float32', 'mixed16'] = 'float32'
+    dtype: Dtype = 'float32'
     """'float32', or 'mixed16' (chainer's mixed precision with dynamic loss scaling; for GPUs)."""
     conv_bn: typing.Literal['auto', 'cudnn', 'chainer'] = 'auto'
     """Who runs Convolution2D and BatchNorm on GPUs: 'chainer' (its own CuPy kernels), 'cudnn'
@@ -119,7 +123,7 @@ class CommConfig:
     communicator: str = 'auto'
     """ChainerMN communicator name, or 'inplace' (distributed/comm.py); 'auto': 'inplace' on
     the CPU, 'pure_nccl' on GPUs ('flat' where NCCL is missing)."""
-    allreduce_dtype: typing.Literal['float32', 'float16'] = 'float32'
+    allreduce_dtype: AllreduceDtype = 'float32'
     """Gradient allreduce dtype: 'float32', or 'float16' (needs the pure_nccl communicator;
     the loss is then scaled dynamically and a step whose gradients overflow is skipped)."""
 

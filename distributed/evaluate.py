@@ -13,6 +13,7 @@ import json
 import math
 import os
 import sys
+import typing
 
 import chainer
 import chainer.functions as F
@@ -29,7 +30,6 @@ from distributed.data.converter import InputConverter
 from distributed.failures import naming
 
 TOP_K = (1, 5)
-SPLITS = ('test', 'train')
 
 
 @dataclasses.dataclass
@@ -42,7 +42,7 @@ class WeightsModelConfig(ModelConfig):
 class EvalConfig(Config):
     model: WeightsModelConfig = dataclasses.field(default_factory=WeightsModelConfig)
     """Network and its trained weights (model=PATH is short for model.path=PATH)."""
-    split: str = 'test'
+    split: typing.Literal['test', 'train'] = 'test'
     """The SOP split to evaluate on: 'test' or 'train'."""
 
 
@@ -54,10 +54,7 @@ def expand_shorthand(overrides):
 
 def load_eval_config(path=None, overrides=()):
     """The validated ``EvalConfig`` (the training keys are read and checked too)."""
-    config = validate(build(EvalConfig, path, expand_shorthand(overrides)))
-    if config.split not in SPLITS:
-        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, not {config.split!r}")
-    return config
+    return validate(build(EvalConfig, path, expand_shorthand(overrides)))
 
 
 def topk_hits(scores, labels, k):

@@ -6,8 +6,8 @@ from distributed import config as config_module
 
 @dataclasses.dataclass
 class BenchConfig:
-    arch: str = 'resnet50'
-    """'resnet50', 'resnet101' or 'resnet152'."""
+    arch: config_module.Arch = 'resnet50'
+    """The network, as training's model.arch."""
     crop_size: int = 64
     """Side of the synthetic training images, in pixels."""
     batch_size: int = 16
@@ -16,12 +16,12 @@ class BenchConfig:
     """Timed training iterations."""
     warmup: int = 2
     """Untimed iterations first (at least 1: the first update only broadcasts weights)."""
-    dtype: str = 'float32'
+    dtype: config_module.Dtype = 'float32'
     """'float32' or 'mixed16', as training's train.dtype (float16 activations and conv/linear
     weights, float32 master weights, dynamic loss scaling)."""
     communicator: str = 'auto'
     """ChainerMN communicator name, or 'inplace'; 'auto' as in training."""
-    allreduce_dtype: str = 'float32'
+    allreduce_dtype: config_module.AllreduceDtype = 'float32'
     """Gradient allreduce dtype: 'float32' or 'float16' (pure_nccl only)."""
     allreduce_rounds: int = 10
     """Rounds of the allreduce comparison (each round runs every pattern once)."""
@@ -49,6 +49,7 @@ POSITIVE = ('crop_size', 'batch_size', 'iterations', 'warmup', 'allreduce_rounds
 def load_bench_config(path=None, overrides=()):
     """The validated ``BenchConfig``: defaults < YAML at ``path`` < key=value overrides."""
     config = config_module.build(BenchConfig, path, overrides)
+    config_module.check_choices(config)
     for key in POSITIVE:
         if getattr(config, key) <= 0:
             raise config_module.ConfigError(f'{key} must be positive, not {getattr(config, key)!r}')
