@@ -1,42 +1,16 @@
 """The product's one image reader: a file as an image viewer shows it, as RGB uint8.
 
-Training, evaluation, ``launch.predict``, ``launch.view_samples`` and the benchmark all read
-image files through ``open_image`` (or ``read_rgb``, the whole picture). What a person sees
-in a viewer is what the network gets:
-
-- Formats: JPEG (and MPO, a camera's JPEG with extra pictures), PNG, GIF, BMP, TIFF, WebP,
-  PPM/PGM/PBM and AVIF, whatever the file name says. Pillow is told to try these raster
-  formats only, so a file in any other format (EPS, whose loading runs Ghostscript on the
-  file; PDF; Pillow's plugins that hand the file to an outside program) is refused as
-  unreadable before anything runs.
-- Orientation: the EXIF orientation tag is applied (a camera's portrait photo is upright).
-- Frames: the first frame of animated or multi-page files.
-- Bit depth and mode: grey of more than 8 bits is scaled to 8 bits, white being the
-  largest value of the file's sample type: 65535 for 16 bits; for a TIFF of 32-bit
-  integers 4294967295, or 2147483647 where its SampleFormat tag says signed (a signed
-  16-bit TIFF: 32767), negative values black. Pillow reads 16-bit PGMs (and, in older
-  releases, 16-bit PNGs) into the same 32-bit mode 'I' as such TIFFs, so the mode alone
-  cannot tell 16 from 32 bits: the TIFF's BitsPerSample and SampleFormat tags do, and an
-  'I' picture of any other format is 16-bit (0..65535). Floating point is 0.0 (black) to
-  1.0 (white). 1-bit is black and white, palettes are looked up, CMYK (Adobe's inverted
-  CMYK JPEGs included), YCbCr, LAB and HSV are converted; 16-bit RGB keeps its high byte,
-  as Pillow reads it.
-- Alpha and transparency (RGBA, LA, PA, a palette or colour key with transparency): the
-  picture is composited over white, the page a viewer or browser puts behind a product
-  photo; the hidden colour of transparent pixels never reaches the network.
-- Colour profiles: an embedded ICC profile (RGB or CMYK) is converted to sRGB with
-  Pillow's LittleCMS, as a colour-managed viewer does; a profile that is sRGB in effect, or
-  that LittleCMS cannot read, leaves the pixels as stored. Grayscale profiles are ignored.
-- Size: a picture of more than Pillow's ``Image.MAX_IMAGE_PIXELS`` (89,478,485 by default)
-  is refused as unreadable without being decoded: a decompression bomb, or a scan far
-  larger than any training crop needs.
-
-JPEGs in RGB or grayscale are decoded by simplejpeg (libjpeg-turbo), at 1/2, 1/4 or 1/8
-scale when the requested region still has at least the output's pixels at that scale;
-Pillow decodes everything else (and any JPEG simplejpeg refuses). Resizing is one
-``cv2.resize`` (bilinear) of the region.
-
-A file that cannot be read as an image raises ``UnreadableImage`` naming it and saying why.
+Training, evaluation, ``launch.predict``, ``launch.view_samples`` and the benchmark read
+image files through ``open_image`` (a ``Picture``, decoded region by region) or
+``read_rgb`` (the whole picture, an (H, W, 3) uint8 array). What a person sees in a viewer
+is what the network gets: the formats of ``FORMATS`` only (any other is refused before
+anything runs), the EXIF orientation applied, the first frame, any bit depth or colour mode
+to 8-bit sRGB (ICC profiles applied), transparency over white, pictures larger than
+Pillow's ``Image.MAX_IMAGE_PIXELS`` refused undecoded: docs/running.md ("The data") says
+each case. JPEGs in RGB or grayscale are decoded by simplejpeg (at 1/2, 1/4 or 1/8 scale
+where the region keeps the output's pixels), everything else by Pillow; resizing is one
+bilinear ``cv2.resize`` of the region. A file that cannot be read raises
+``UnreadableImage`` naming it and saying why.
 """
 import io
 import math

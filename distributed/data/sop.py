@@ -32,17 +32,9 @@ def read_index(root, split):
     """``[(class_id, super_class_id, path)]`` of an index file (ids 0-based, ``path``
     relative to ``root``, as written); raises ``DataError`` naming the line to change.
 
-    An index is read as a text editor shows it: UTF-8 with or without a byte-order mark,
-    UTF-16 with one (Notepad's "Unicode") or without one (the header line tells the byte
-    order), LF, CRLF or CR line endings, a missing final newline, blank lines anywhere,
-    tabs or several spaces between fields, whitespace at either end of a line, and a
-    header line in any case. A line that is not UTF-8 names the file whose name has its
-    bytes, or else the file the Windows-1252 reading names (the legacy encoding an editor
-    would show it in). A path may contain spaces: it is the rest of the line after the
-    third field. A path written with Windows' backslashes between folders names the file
-    it names with '/' when there is no file of the name as written (a POSIX file name
-    may hold a backslash). A spreadsheet's CSV (fields between commas or semicolons, or in
-    double quotes) is refused, saying so.
+    The file is read as a text editor shows it (encodings, line endings, blank lines,
+    spacing, a header in any case, Windows' backslashes, legacy Windows-1252 names); a
+    spreadsheet's CSV is refused, saying so: docs/running.md ("The data") lists each case.
     """
     path = os.path.join(root, INDEX_FILES[split])
     with open(path, 'rb') as f:
