@@ -12,6 +12,7 @@ test_a_host_off_the_network_with_plain_ssh... fails if it does. Where no test be
 (or this is not root), the module is skipped with one line; with REQUIRE_MULTINODE=1
 (.ci/run) that is an error instead.
 """
+import fcntl
 import glob
 import os
 import re
@@ -347,6 +348,89 @@ def test_a_host_off_the_network_ends_the_job_within_the_keepalive(
     assert_intact(checkpoints(out) if phase == 'training' else [])
 
 
+STALL = 40
+"""train.stall_timeout of the jobs that lose a host: the first iterations take up to 12 s
+on 2 busy cores; the lost host's rank ends by its watchdog after it."""
+
+
+def _lost_host_ends_the_job(job, cut, record_property, name):
+    """The job ended after sop-n2's link went down at ``cut`` (monotonic seconds), by
+    scripts/hydra_ssh, naming the host in one line, and nothing of it is left anywhere:
+    sop-n2's rank ends by its watchdog (``STALL``; its MPI_Abort cannot reach the others
+    and gives up after ``liveness.ABORT_WAIT_S``), its proxy with it."""
+    code, output = job.finish(timeout=60 + DEADLINE)
+    seconds = time.monotonic() - cut
+    record_property(name, (code, round(seconds, 1)))
+    assert code == 130 and seconds < KEEPALIVE + DEADLINE, (code, seconds, output)
+    lost = [line for line in output.splitlines() if 'sop-n2 lost' in line]
+    assert len(lost) == 1 and lost[0].startswith('error: host sop-n2 lost'), output
+    assert left_behind(job.hosts, grace=STALL + 10 + DEADLINE) == {}
+    return output
+
+
+def test_a_host_off_the_network_during_a_checkpoint_write(bed, tiny_sop, record_property):
+    # The link goes down once rank 0 has begun writing a checkpoint (chainer's temporary
+    # folder is there). Rank 0's write needs no other host: the checkpoint is complete,
+    # or only a temporary folder is left, which a resume never takes.
+    out = os.path.join(bed, 'out')
+    job = Job(train_args(tiny_sop, out, 'train.epochs=100', 'checkpoint.interval=2',
+                         'train.stall_timeout={}'.format(STALL)))
+    end = time.monotonic() + 240
+    while not any(name.startswith('tmp') for name in
+                  (os.listdir(out) if os.path.isdir(out) else [])):
+        assert job.proc.poll() is None and time.monotonic() < end, job.finish(30)
+        time.sleep(0.002)
+    link('sop-n2', 'down')
+    cut = time.monotonic()
+    _lost_host_ends_the_job(job, cut, record_property, 'link_down_checkpoint')
+    written = checkpoints(out)
+    assert written, os.listdir(out)
+    assert_intact(written)
+    reconnect(job.hosts)
+    again = Job(train_args(tiny_sop, out, 'train.epochs=1', 'checkpoint.interval=2',
+                           'resume=auto'))
+    code, output = again.finish()
+    assert code == 0 and 'resumed from {}'.format(written[-1]) in output, output
+
+
+def test_a_host_off_the_network_during_evaluation(bed, tiny_sop, record_property):
+    # data.root is a folder of each host's own (bed), a copy on each. sop-n2's test images
+    # are held by a write lease of this process: its rank's first open of one, in the
+    # first evaluation, waits for the lease, which says the evaluation is under way. Then
+    # the link goes down and the lease goes, and the rank evaluates on.
+    root = os.path.join(bed, 'sop')
+    shutil.copytree(tiny_sop, root)
+    there = '/proc/{}/root{}'.format(listener('sop-n2'), root)  # sop-n2's own folder
+    shutil.copytree(tiny_sop, there)
+    with open(os.path.join(root, 'Ebay_test.txt')) as f:
+        images = [line.split()[3] for line in f.read().splitlines()[1:]]
+    previous = signal.signal(signal.SIGIO, lambda *_: None)  # a lease broken: SIGIO
+    held = [os.open(os.path.join(there, image), os.O_RDONLY) for image in images]
+    try:
+        for fd in held:
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+        out = os.path.join(bed, 'out')
+        job = Job(train_args(root, out, 'train.epochs=100', 'checkpoint.interval=2',
+                             'train.stall_timeout={}'.format(STALL)))
+        end = time.monotonic() + 240
+        while all(fcntl.fcntl(fd, fcntl.F_GETLEASE) == fcntl.F_WRLCK for fd in held):
+            assert job.proc.poll() is None and time.monotonic() < end, job.finish(30)
+            time.sleep(0.005)
+        link('sop-n2', 'down')
+        cut = time.monotonic()
+    finally:
+        for fd in held:
+            os.close(fd)  # the lease goes with the file
+        signal.signal(signal.SIGIO, previous)
+    output = _lost_host_ends_the_job(job, cut, record_property, 'link_down_evaluation')
+    # The cut came in the evaluation at the end of epoch 0 (iteration 3): iteration 2 was
+    # logged, iteration 3's line (with the test loss) never was.
+    assert re.search(r'^0\s+2\s', output, re.M), output
+    assert not re.search(r'^\d+\s+3\s', output, re.M), output
+    assert checkpoints(out) == [os.path.join(out, 'snapshot_iter_2.npz')], output
+    assert_intact(checkpoints(out))
+
+
 def test_a_host_off_the_network_with_plain_ssh_ends_at_the_stall_timeout(bed, tiny_sop,
                                                                          record_property):
     # With plain ssh, Hydra's mpiexec ends only because the watchdog aborts the job
@@ -387,8 +471,8 @@ def _in_mpi(pid):
 
 
 @pytest.mark.parametrize('when', ['before MPI', 'in MPI start-up'])
-def test_a_rank_that_never_gets_through_mpi_start_up_ends_the_job(bed, tiny_sop, when,
-                                                                   record_property):
+def test_a_rank_that_never_gets_through_mpi_start_up_ends_the_job(
+        bed, tiny_sop, when, record_property):
     # sop-n2's rank is stopped (SIGSTOP) as soon as it runs, or once it has loaded MPI:
     # rank 0 waits in MPI_Init for ever, holding Python's lock, and a rank that merely
     # exited (the watchdog's fallback, 30 s later) left mpiexec waiting for sop-n2's proxy.
