@@ -31,7 +31,8 @@ train: setup
 lint: setup
 	$(BIN)/flake8
 
-# docs/configuration.md from the config dataclasses (tests/test_config.py fails while they differ).
+# docs/configuration.md from the config dataclasses (tests/distributed/test_config.py fails
+# while they differ).
 docs: setup
 	$(BIN)/python -m launch.config_reference docs/configuration.md
 
@@ -41,11 +42,11 @@ test: lint
 	timeout 900 $(MPIEXEC) -n 2 $(BIN)/python -m pytest -m "mpi$(if $(MARKS), and ($(MARKS)))" \
 		-p no:cacheprovider -q tests
 
-# The GPU path checked without a GPU (tests/test_cuda_kernels.py): the training path imported
+# The GPU path checked without a GPU (tests/system/test_cuda_kernels.py): the training path imported
 # with CuPy 14 as the GPU machines have it, and the CUDA sources of a ResNet-50 step compiled by
 # NVRTC against CUDA 13's headers; the cuDNN path's graphs of a ResNet-50 step described through
-# the real cuDNN frontend (tests/test_cudnn_frontend.py). Its own virtual environment (~1.4 GB:
-# requirements-cuda.txt) keeps `make test` light. CUDA_PYTHON: best the GPU machines' Python, 3.12.
+# the real cuDNN frontend (tests/distributed/test_cudnn_frontend.py). Its own virtual
+# environment (~1.4 GB: requirements-cuda.txt) keeps `make test` light. CUDA_PYTHON: best the GPU machines' Python, 3.12.
 CUDA_PYTHON ?= $(PYTHON)
 CUDA_VENV ?= .venv-cuda
 CUDA_STAMP := $(CUDA_VENV)/.installed-cuda
@@ -53,7 +54,7 @@ CUDA_STAMP := $(CUDA_VENV)/.installed-cuda
 .PHONY: cuda-check
 cuda-check: $(CUDA_STAMP)
 	REQUIRE_CUDA_CHECK=1 $(CUDA_VENV)/bin/python -m pytest -m cuda -p no:cacheprovider -q \
-		tests/test_cuda_kernels.py tests/test_cudnn_frontend.py
+		tests/system/test_cuda_kernels.py tests/distributed/test_cudnn_frontend.py
 
 $(CUDA_STAMP): requirements.txt requirements-mpi.txt requirements-cuda.txt \
 		scripts/build_wheels.py scripts/setup.sh setup.cfg

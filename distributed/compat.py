@@ -2,8 +2,8 @@
 
 Importing the ``distributed`` package applies them once, before chainer is imported.
 Each shim is applied only when the thing it stands in for is missing, and each has a
-test in tests/test_compat.py (the CuPy ones: tests/test_gpu.py; the CUDA sources:
-tests/test_cuda_kernels.py) that fails without it.
+test in tests/distributed/test_compat.py (the CuPy ones: tests/system/test_gpu.py; the
+CUDA sources: tests/system/test_cuda_kernels.py) that fails without it.
 ``APPLIED`` lists what was done; ``SHIMS`` lists the shims in the order they run. Three
 shims touch modules that must not load at import (chainermn starts MPI, and importing
 ``distributed`` must not import chainer): the runtime applies them when it starts.
@@ -282,7 +282,7 @@ def chainermn_half_kernels():
     Their builders are wrapped to put ``#include <cuda_fp16.h>`` first; the header is
     CUDA's own (NVIDIA's ``nvidia-cuda-runtime`` wheel or the toolkit), found by CuPy
     where it finds the CUDA headers, and harmless where ``carray.cuh`` already includes
-    it. tests/test_cuda_kernels.py compiles both with NVRTC. Idempotent.
+    it. tests/system/test_cuda_kernels.py compiles both with NVRTC. Idempotent.
     """
     from chainermn.communicators import _memory_utility
     for name in CHAINERMN_HALF_KERNELS:

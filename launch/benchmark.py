@@ -1,8 +1,9 @@
 """Throughput benchmark: ``[mpiexec -n N] python -m launch.benchmark [-c FILE] [key=value]``.
 
-Keys (distributed.bench.config.BenchConfig): crop_size, batch_size, iterations, warmup, arch, dtype,
-communicator, allreduce_dtype, allreduce_rounds, pipeline_images, pipeline_rounds,
-pipeline_crop, device, seed, out. Rank 0 prints a table and writes out/benchmark.json.
+Keys (distributed.bench.config.BenchConfig; docs/configuration.md): crop_size, batch_size,
+iterations, warmup, arch, dtype, communicator, allreduce_dtype, allreduce_rounds,
+pipeline_images, pipeline_rounds, pipeline_crop, device, seed, out. Rank 0 prints a table
+and writes out/benchmark.json.
 """
 import json
 import os

@@ -4,8 +4,8 @@
 
 Without a path the page goes to stdout. Every key's type, default and meaning come from
 the dataclasses themselves: the field's type (a ``typing.Literal`` lists its choices), its
-default, and the string literal under it (``config.describe``). ``tests/test_config.py``
-fails when the page and the code disagree.
+default, and the string literal under it (``config.describe``).
+``tests/distributed/test_config.py`` fails when the page and the code disagree.
 """
 import dataclasses
 import importlib
@@ -56,8 +56,8 @@ and column are named) or writes a key twice in one section (two `train:` section
 YAML would keep the last without a word).
 
 This page is generated from the config dataclasses (the type, the default and the text
-under each field): change those, then run `make docs`; `tests/test_config.py` fails while
-the two disagree.
+under each field): change those, then run `make docs`; `tests/distributed/test_config.py`
+fails while the two disagree.
 """
 
 

@@ -185,6 +185,7 @@ def numerics(paths, cupy, torch, batch, tolerance, out):
 def layouts(dispatch, frontend, cupy, tf32, batch):
     """cuDNN BatchNorm forward in NCHW (what chainer hands over) against NHWC."""
     from distributed.cudnn import graphs
+
     class KeepStrides(graphs.Frontend):
         def contiguous(self, array):
             return array

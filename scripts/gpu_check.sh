@@ -55,7 +55,7 @@ PLAN=(
   "train_mixed16 40 launch.train, embedded default, GPU 0, mixed16, 1 epoch"
   "train_2ranks 25 mpiexec -n 2 launch.train: 1 epoch, one GPU per rank where there are 2, else a quarter of an epoch on the CPU (the carried MPI runtime)"
   # Issue 21 (the cuDNN path): its numerics and speed step(s) here, within the 120 s that
-  # the steps above and below leave of the 390 s (tests/test_gpu_check.py holds the total).
+  # the steps above and below leave of the 390 s (tests/system/test_gpu_check.py holds the total).
   "cudnn 120 scripts/cudnn_check.py: train.conv_bn=cudnn against chainer's path and PyTorch: ResNet-50's convolutions and BatchNorm, 10 steps' losses, img/s at batch 256"
   "bench_product 75 launch.benchmark device=0, ${CROP} px, float32 and mixed16 at batch ${BATCHES// /, }"
   "bench_pytorch 30 PyTorch ResNet-50, the same shapes, float32 and AMP (compare_pytorch.py --gpu)"

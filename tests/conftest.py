@@ -1,4 +1,5 @@
-"""Shared fixtures: a small SOP-format tree and the MPI world."""
+"""Shared fixtures: a small SOP-format tree and the MPI world. The tests' helper modules
+live in tests/helpers/, importable by name from every test (setup.cfg's pythonpath)."""
 import os
 import subprocess
 import sys

@@ -52,7 +52,8 @@ def load_bench_config(path=None, overrides=()):
     config_module.check_choices(config)
     for key in POSITIVE:
         if getattr(config, key) <= 0:
-            raise config_module.ConfigError(f'{key} must be positive, not {getattr(config, key)!r}')
+            value = getattr(config, key)
+            raise config_module.ConfigError(f'{key} must be positive, not {value!r}')
     if config.pipeline_noise < 0:
         raise config_module.ConfigError('pipeline_noise must be 0 or more, not {!r}'.format(
             config.pipeline_noise))

@@ -13,7 +13,6 @@ from distributed.bench.pipeline import measure_pipeline
 from distributed.bench.step import measure_training
 
 
-
 def _mpi_library():
     from mpi4py import MPI
     return MPI.Get_library_version().strip().splitlines()[0]

@@ -6,8 +6,6 @@ import time
 
 import numpy
 
-
-
 LAYOUT = 'NCHW'
 """The layout chainer hands over and the graphs describe."""
 
@@ -107,8 +105,8 @@ class Frontend:
     def describe_graph(self, dtype, describe, handle=None):
         """``(graph, tensors by role)``: a fresh graph of the frontend, ``dtype`` in and out
         and float32 inside, described by ``describe``. Describing needs neither cuDNN's
-        library nor a GPU (tests/test_cudnn_frontend.py drives it on the CPU); validating
-        and building the graph (``graph``) need both, and ``handle``."""
+        library nor a GPU (tests/distributed/test_cudnn_frontend.py drives it on the CPU);
+        validating and building the graph (``graph``) need both, and ``handle``."""
         fe = self.fe
         graph = fe.pygraph(io_data_type=self._data_type(dtype),
                            intermediate_data_type=fe.data_type.FLOAT,

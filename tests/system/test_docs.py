@@ -6,7 +6,9 @@ import re
 
 import pytest
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
+from launching import REPO
+
+ROOT = REPO
 PAGES = sorted(['README.md', 'BENCHMARKS.md'] + [
     os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, 'docs', '*.md'))])
 README_LIMIT = 6 * 1024

@@ -294,7 +294,8 @@ def test_resume_auto_skips_checkpoints_that_do_not_read(straight, tree, tmp_path
     """Newer checkpoints cut short by an interrupted copy, empty, zero bytes, with an
     array that fails its CRC, a folder of that name, a member that is not an array: each
     is skipped with its reason, and the run resumes from the newest intact one, exactly.
-    (Not readable for lack of permission: tests/test_checkpoint.py, as root reads all.)"""
+    (Not readable for lack of permission: tests/distributed/checkpoint/test_resume.py, as
+    root reads all.)"""
     from files import DAMAGES, damage
     shutil.copy(straight / 'snapshot_iter_3.npz', tmp_path)
     damaged = []

@@ -3,7 +3,7 @@ import os
 import subprocess
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.dirname(sys.executable)
 MPIEXEC = os.path.join(BIN, 'mpiexec') if os.path.exists(os.path.join(BIN, 'mpiexec')) \
     else 'mpiexec'

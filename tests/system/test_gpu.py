@@ -11,8 +11,8 @@ import numpy
 import pytest
 
 from distributed import runtime as rt
+from launching import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A stand-in for CuPy, used only to test how distributed.compat treats an installed CuPy
 # on a machine where the real one cannot be installed (no CUDA here). It reproduces the
@@ -221,7 +221,7 @@ def test_gpu_check_stops_clearly_without_a_gpu(tmp_path):
 
 
 # ---- Mixed precision through pure_nccl (issue 18) --------------------------------------
-# What the product decides is tested on the CPU (tests/test_mixed_precision.py); what the
+# What the product decides is tested on the CPU (tests/system/test_mixed_precision.py); what the
 # communicator does with it is tested here, on one GPU: NCCL refuses two ranks on one
 # device, so the sum across ranks itself (divided first) needs a machine with two GPUs.
 

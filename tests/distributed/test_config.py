@@ -6,6 +6,7 @@ import yaml
 from distributed import config as config_module
 from distributed.config import Config, ConfigError, build, describe, load_config, to_dict
 from launch import config_reference
+from launching import REPO
 
 
 def test_defaults_file_and_overrides_in_order(tmp_path):
@@ -254,7 +255,7 @@ def test_shipped_configs_load():
 
 
 def test_the_reference_page_is_the_code():
-    page = os.path.join(os.path.dirname(__file__), '..', 'docs', 'configuration.md')
+    page = os.path.join(REPO, 'docs', 'configuration.md')
     with open(page) as f:
         written = f.read()
     assert written == config_reference.render(), (

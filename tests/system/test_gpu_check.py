@@ -11,8 +11,8 @@ import pytest
 
 from distributed.bench.config import load_bench_config, training_config
 from distributed.config import ConfigError
+from launching import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, 'scripts', 'gpu_check.sh')
 sys.path.insert(0, os.path.join(REPO, 'scripts'))
 import build_wheels  # noqa: E402

@@ -19,8 +19,8 @@ import textwrap
 import warnings
 
 import numpy
+from launching import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPAT = os.path.join(REPO, 'distributed', 'compat.py')
 NMS = 'chainercv.utils.bbox._nms_gpu_post'
 
@@ -348,7 +348,7 @@ def expected_applied(blocked=()):
 
 
 def cupy_entries():
-    """The CuPy shims' entries (tests/test_gpu.py tests those shims): none without CuPy."""
+    """The CuPy shims' entries (tests/system/test_gpu.py tests those shims): none without CuPy."""
     try:
         import cupy
         major = int(cupy.__version__.split('.')[0])

@@ -4,7 +4,7 @@ chainer runs float16 and mixed16 on NumPy too (slowly), so the optimizer's part 
 here on small models, and a stopped and resumed mixed16 job through the real launcher on 2
 MPI ranks. What only ``pure_nccl`` does (a GPU communicator) is tested here as what the
 product decides: the dtype it asks the communicator for, the groups it broadcasts in;
-the communicator's behaviour itself is in tests/test_gpu.py (``pytest -m gpu``, which
+the communicator's behaviour itself is in tests/system/test_gpu.py (``pytest -m gpu``, which
 scripts/gpu_check.sh runs on a GPU machine). A single GPU cannot show the sum across
 ranks: NCCL refuses two ranks on one device.
 """

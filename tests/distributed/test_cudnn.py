@@ -1,6 +1,6 @@
 """The cuDNN-frontend path of Convolution2D and BatchNorm (distributed/cudnn/), on the CPU.
 
-The frontend is a stand-in (tests/cudnn_standin.py) that records graphs and runs them with
+The frontend is a stand-in (tests/helpers/cudnn_standin.py) that records graphs and runs them with
 NumPy from cuDNN's definitions; the arrays are NumPy's. Results are compared with chainer's
 own CPU path: shapes, strides, values, running statistics. Numerics and speed on a GPU are
 scripts/cudnn_check.py's.
@@ -21,8 +21,8 @@ from chainer.functions.normalization import batch_normalization as bn
 import cudnn_standin
 from distributed import config as config_module
 from distributed.cudnn import dispatch, graphs
+from launching import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHAINERS = {(cls, name): cls.__dict__[name] for cls, name in [
     (convolution_2d.Convolution2DFunction, 'forward_gpu'),
     (deconvolution_2d.Deconvolution2DFunction, 'forward_gpu'),
@@ -295,7 +295,8 @@ def test_choose_the_implementation():
     assert dispatch.choose('auto', True, False, missing)[0] == 'chainer'
     assert dispatch.choose('chainer', True, False, missing)[0] == 'chainer'
     assert dispatch.choose('auto', False, False, missing) == ('chainer', 'on the CPU')
-    with pytest.raises(dispatch.Unavailable, match='runs on GPUs, but this rank computes on the CPU'):
+    with pytest.raises(dispatch.Unavailable,
+                       match='runs on GPUs, but this rank computes on the CPU'):
         dispatch.choose('cudnn', False, False, missing)
     assert dispatch.choose('cudnn', True, True, missing)[0] == 'chainer'
     assert dispatch.choose('cudnn', True, False, lambda: None)[0] == 'cudnn'

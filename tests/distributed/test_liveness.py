@@ -344,7 +344,7 @@ def test_a_stopped_rank_ends_the_job_with_the_stacks_of_the_others(tiny_sop, tmp
 def test_a_signal_at_the_last_iteration_leaves_a_finished_run_finished(tmp_path, at, stopped):
     # At the last iteration the run is complete: it ends as finished (exit 0), not as
     # stopped by the signal (it was reported as stopped, with exit 143).
-    from test_checkpoint import make_trainer, run
+    from toy_trainer import make_trainer, run
     trainer, _ = make_trainer(tmp_path, 5, interval=0)
 
     def signal_at(trainer):

@@ -11,7 +11,7 @@ import pytest
 from distributed.data.stream import ChunkIterator, parts_of_rank, permutation
 from launching import MPIEXEC, REPO
 
-PROBE = os.path.join(REPO, 'tests', 'stream_probe.py')
+PROBE = os.path.join(REPO, 'tests', 'helpers', 'stream_probe.py')
 TINY = ['data.crop_size=32', 'data.scale_size=36', 'train.batch_size=3',
         'train.progress=false', 'device=cpu', 'train.seed=5', 'data.workers=2']
 

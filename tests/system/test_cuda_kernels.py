@@ -39,13 +39,13 @@ import numpy
 import pytest
 
 from distributed import compat
+from launching import REPO
 from prerequisites import require
 
 CUPY_VERSION = '14.2.0'
 """The CuPy whose private kernel builders these tests drive (requirements-cuda.txt)."""
 ARCHITECTURES = ('compute_90', 'compute_80')
 """Hopper (H100, H200) and Ampere (A100)."""
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _why_not():

@@ -1,4 +1,4 @@
-"""Run under mpiexec by tests/data/test_stream.py: what a job's ranks compute, built as
+"""Run under mpiexec by tests/distributed/data/test_stream.py: what a job's ranks compute, built as
 ``launch.train`` builds it, written by rank 0 as JSON.
 
 ``python stream_probe.py images OUT k=v...``: per global batch, the chunks (in chunk order,

@@ -1,15 +1,15 @@
 """The graphs of distributed/cudnn/graphs.py described through NVIDIA's real cuDNN frontend
 (nvidia-cudnn-frontend 1.32.0) on a machine without cuDNN's library or a GPU.
 
-tests/test_cudnn.py runs the path against a stand-in that accepts what the product believes
-the frontend accepts; here the frontend's own Python graph builder judges it. A ResNet-50
-training step (the product's model, batch 1, 224 px) runs on the CPU through chainer's own
-functions, recording every Convolution2D, gradient and BatchNorm node with its inputs and the
-shapes chainer gives back; an inference forward adds FixedBatchNormalization. Each node is then
-handed to the product's installed methods (float32) and to its ``Frontend`` operations
-(float16 in and out, float32 compute, as mixed16), which describe their graphs with the real
-frontend through ``Frontend.describe_graph``. The tests assert what the frontend infers
-(output dims and strides) against chainer's output sizes
+tests/distributed/test_cudnn.py runs the path against a stand-in that accepts what the
+product believes the frontend accepts; here the frontend's own Python graph builder judges
+it. A ResNet-50 training step (the product's model, batch 1, 224 px) runs on the CPU through
+chainer's own functions, recording every Convolution2D, gradient and BatchNorm node with its
+inputs and the shapes chainer gives back; an inference forward adds FixedBatchNormalization.
+Each node is then handed to the product's installed methods (float32) and to its
+``Frontend`` operations (float16 in and out, float32 compute, as mixed16), which describe
+their graphs with the real frontend through ``Frontend.describe_graph``. The tests assert
+what the frontend infers (output dims and strides) against chainer's output sizes
 (``chainer.utils.conv.get_conv_outsize``) and the shapes chainer's functions gave, what the
 product declares, and the frontend's own checks of each graph.
 
