@@ -54,7 +54,7 @@ def batches(n, dtype):
 
 def start(config, seed):
     """A ``Small`` model (weights from ``seed``) with the product's optimizer, its weights
-    marked broadcast as ``checkpoint.load`` does."""
+    marked broadcast as ``checkpoint.resume.load`` does."""
     numpy.random.seed(seed)
     model = Small()
     optimizer = create_optimizer(config, model, self_comm(), create_schedule(config, 1, 10))
