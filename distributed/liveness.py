@@ -1,10 +1,10 @@
 """A job ends, whatever happens to one of its ranks: stop signals and the stall watchdog.
 
 ``StopSignal`` turns SIGTERM and SIGINT into a request that the ranks agree on at the end
-of an iteration (``checkpoint.Checkpointer``), so that a pre-empted job writes a checkpoint
-and exits with 128 + the signal number. ``Watchdog`` ends a rank that has made no progress
-for too long (a hung GPU or driver, a stuck network file system, a peer stopped or
-deadlocked, an MPI start-up that never returns): it writes the stacks of every thread
+of an iteration (``checkpoint.extension.Checkpointer``), so that a pre-empted job writes a
+checkpoint and exits with 128 + the signal number. ``Watchdog`` ends a rank that has made
+no progress for too long (a hung GPU or driver, a stuck network file system, a peer stopped
+or deadlocked, an MPI start-up that never returns): it writes the stacks of every thread
 with the rank and what it last did, and exits, and the launcher takes the rest of the job
 down, as it does for any rank that fails (PyTorch's process-group timeout and Horovod's
 stall check do the same for their collectives).
