@@ -356,3 +356,30 @@ def test_a_signal_at_the_last_iteration_leaves_a_finished_run_finished(tmp_path,
     assert checkpointer.stopped_by == stopped
     assert trainer.updater.iteration == at
     assert (tmp_path / 'snapshot_iter_{}.npz'.format(at)).exists()
+
+
+def test_a_rank_that_never_reaches_mpi_start_up_ends_the_job_at_the_start_up_allowance():
+    # Rank 1 never gets to MPI_Init (it sleeps before it); rank 0 waits there, holding
+    # Python's lock, so its watchdog cannot act: its start-up guard asks Hydra to abort
+    # the job, which kills rank 1 too. (Before, rank 0 exited alone 30 s later, and
+    # mpiexec waited for rank 1.)
+    from launching import MPIEXEC
+    code = textwrap.dedent('''
+        import os
+        import time
+        from distributed.liveness import Watchdog
+        if os.environ['PMI_RANK'] == '1':
+            time.sleep(120)
+        Watchdog(timeout=60, startup_timeout=3).start()
+        from mpi4py import MPI
+        print('MPI is up', flush=True)
+    ''')
+    began = time.monotonic()
+    done = subprocess.run([MPIEXEC, '-n', '2', sys.executable, '-c', code], cwd=REPO,
+                          env=dict(os.environ, PYTHONPATH=REPO), capture_output=True,
+                          text=True, timeout=90)
+    seconds = time.monotonic() - began
+    output = done.stdout + done.stderr
+    assert done.returncode == 4 and seconds < 20, (done.returncode, seconds, output)
+    assert "error: rank 0 (pid " in output and "is still in MPI's start-up after 3 s" in output
+    assert 'MPI is up' not in output
