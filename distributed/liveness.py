@@ -241,9 +241,11 @@ class Watchdog:
 
 
 def mpi_started():
-    """Whether this process has initialised MPI (mpi4py's ``MPI_Init`` returned)."""
-    mpi = sys.modules.get('mpi4py.MPI')
-    return mpi is not None and mpi.Is_initialized()
+    """Whether this process has initialised MPI (mpi4py's ``MPI_Init`` returned). Safe from
+    any thread, also while ``mpi4py.MPI`` is being imported (it is in ``sys.modules``
+    before its functions are)."""
+    initialized = getattr(sys.modules.get('mpi4py.MPI'), 'Is_initialized', None)
+    return bool(initialized and initialized())
 
 
 _GUARD = r"""
