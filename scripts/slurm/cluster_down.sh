@@ -10,8 +10,9 @@ set -euo pipefail
 die() { echo "cluster_down.sh: $*" >&2; exit 1; }
 case "${1:-}" in
   '') STATE=/var/lib/sop-slurm; hosts=; on() { shift; "$@"; } ;;
-  --testbed)  # the controller on the first test host; the hosts that are still up
-    STATE=/var/lib/sop-slurm/testbed; hosts=$(cat /var/lib/sop-testbed/hosts 2>/dev/null || true)
+  --testbed)  # the cluster's hosts, from its configuration; the controller on the first
+    STATE=/var/lib/sop-slurm/testbed
+    hosts=$(sed -n 's/^NodeName=\([^ ]*\).*/\1/p' "$STATE/etc/slurm.conf" 2>/dev/null | tr , ' ' || true)
     on() { "$(dirname "$0")/../testbed/on" "$@"; } ;;
   *) die "unknown option '$1' (none: the one-node cluster; --testbed: the test hosts' one)" ;;
 esac
@@ -35,7 +36,7 @@ tac "$STATE/started" | while read -r name pidfile; do
     echo "cluster_down.sh: stopped $name (pid $pid)"
   fi
 done
-for h in $hosts; do
+for h in $hosts; do   # those still up
   on "$h" sh -c 'umount /etc/slurm; umount -R /sys/fs/cgroup' 2>/dev/null || true
 done
 rm -f "$STATE/started"

@@ -3,9 +3,9 @@
 # scripts/slurm/train.sbatch: Debian's slurm-wlm (22.05 on Debian 12) and munge, with
 # munged, slurmctld and slurmd started by hand as root (no systemd, no cgroups).
 #   scripts/slurm/cluster_up.sh             one node, this machine (tests/test_slurm.py)
-#   scripts/slurm/cluster_up.sh --testbed   one node per test host of scripts/testbed/up.sh
-#                                           (tests/test_multinode_slurm.py)
-# --testbed: slurmctld on sop-n1, a slurmd on every test host under its host name, each
+#   scripts/slurm/cluster_up.sh --testbed [HOST...]   one node per test host of
+#       scripts/testbed/up.sh (every one, or those named), for tests/test_multinode_slurm.py
+# --testbed: slurmctld on the first host, a slurmd on every host under its host name, each
 # in that host's namespaces; the hosts see the cluster's configuration as /etc/slurm (a
 # bind mount in their own mount namespaces), so sbatch, srun and friends run there as on
 # any cluster (`scripts/testbed/on sop-n1 sbatch ...`), while this machine's /etc/slurm
@@ -21,7 +21,7 @@ set -euo pipefail
 die() { echo "cluster_up.sh: $*" >&2; exit 1; }
 case "${1:-}" in
   '') testbed= ;;
-  --testbed) testbed=1 ;;
+  --testbed) testbed=1; shift ;;
   *) die "unknown option '$1' (none: a one-node cluster; --testbed: one on the test hosts)" ;;
 esac
 [ "$(id -u)" = 0 ] || die "run it as root: it installs packages and starts daemons"
@@ -41,8 +41,13 @@ else
   MARK='# Written by scripts/slurm/cluster_up.sh --testbed (chainermn-sop-trainer): a test cluster.'
   [ -s "$BED/started" ] && [ -s "$BED/hosts" ] \
     || die "no test hosts are up: scripts/testbed/up.sh brings them up (as root)"
-  hosts=$(cat "$BED/hosts")
-  host=$(head -n 1 "$BED/hosts")  # the controller's
+  hosts=${*:-$(cat "$BED/hosts")}
+  for h in $hosts; do
+    grep -q " $h\$" "$BED/etc_hosts" || die "no test host $h (scripts/testbed/up.sh N brings up sop-n1..N)"
+  done
+  host=$(echo $hosts | cut -d' ' -f1)  # the controller's
+  # By address: a later up.sh with fewer hosts rewrites the hosts' /etc/hosts.
+  addr() { awk -v h="$1" '$2 == h {print $1}' "$BED/etc_hosts"; }
   on() { "$ON" "$@"; }
 fi
 
@@ -65,9 +70,12 @@ mkdir -p "$STATE"/{ctld,spool,log} "$(dirname "$CONF")"
 # The nodes as slurmd sees them (cores, sockets, memory; its UpTime line is not config):
 # the test hosts share this machine's, under their own names.
 node=$(slurmd -C | grep '^NodeName=' | sed "s/^NodeName=[^ ]*/NodeName=$(echo $hosts | tr ' ' ,)/")
+controller=$host
 if [ -z "$testbed" ]; then
   timeouts=
 else
+  node="$node NodeAddr=$(for h in $hosts; do addr "$h"; done | paste -sd,)"
+  controller="$host($(addr "$host"))"
   # A test host off the network is set DOWN, and its job ended, 20 to 30 s after its last
   # answer (SLURM's default: 300 s); what runs on it ends by itself (docs/across_nodes.md).
   timeouts='SlurmdTimeout=20'
@@ -75,7 +83,7 @@ fi
 new=$(cat <<EOF
 $MARK
 ClusterName=sop${testbed:+tb}ci
-SlurmctldHost=$host
+SlurmctldHost=$controller
 SlurmUser=root
 AuthType=auth/munge
 CredType=cred/munge
