@@ -268,7 +268,8 @@ class StartupGuard:
     holding Python's interpreter lock, so the watchdog's thread cannot run, and a rank
     that merely exits leaves Hydra's ``mpiexec`` waiting for the missing one. The guard is
     a small process of its own, started before ``MPI_Init``: once ``limit`` s pass without
-    a ``release``, it writes one line (this rank, its pid and host) and asks Hydra to abort
+    a ``release``, it writes one line (this rank, its pid and host; the guard of a rank
+    stopped inside ``MPI_Init`` runs on and writes its own) and asks Hydra to abort
     the job over this rank's PMI connection (``cmd=abort``, PMI-1's wire protocol;
     ``PMI_FD``), and Hydra kills every rank on every host, stopped ones included; mpiexec
     exits with ``STALLED_EXIT``. Only under Hydra (this rank's parent is
@@ -294,8 +295,8 @@ class StartupGuard:
             return None
         line = (f'error: rank {rank} (pid {os.getpid()} on {socket.gethostname()}) is still '
                 f'in MPI\'s start-up after {limit:.0f} s (limit {limit:.0f} s, '
-                f'train.startup_timeout): the rank(s) not saying so never got there (stopped, '
-                f'stuck before MPI, or their host unreachable); ending the job (PMI abort)')
+                f'train.startup_timeout): a rank of the job has not got through it (stopped, '
+                f'stuck, or its host unreachable); ending the job (PMI abort)')
         wait, release = os.pipe()
         with children_ignore_stop_signals():
             process = subprocess.Popen(
