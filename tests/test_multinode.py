@@ -394,10 +394,11 @@ def test_a_host_off_the_network_during_a_checkpoint_write(bed, tiny_sop, record_
 
 
 def test_a_host_off_the_network_during_evaluation(bed, tiny_sop, record_property):
-    # data.root is a folder of each host's own (bed), a copy on each. sop-n2's test images
-    # are held by a write lease of this process: its rank's first open of one, in the
-    # first evaluation, waits for the lease, which says the evaluation is under way. Then
-    # the link goes down and the lease goes, and the rank evaluates on.
+    # data.root is a folder of each host's own (bed), a copy on each. The test images of
+    # both copies are held by write leases of this process: a rank's first open of one, in
+    # the first evaluation, waits for the lease, which says the evaluation is under way.
+    # Then sop-n2's link goes down and the leases go, and the ranks evaluate on. (With
+    # sop-n2's copy alone, one run in three saw no open there: why is not known.)
     root = os.path.join(bed, 'sop')
     shutil.copytree(tiny_sop, root)
     there = '/proc/{}/root{}'.format(listener('sop-n2'), root)  # sop-n2's own folder
@@ -405,7 +406,8 @@ def test_a_host_off_the_network_during_evaluation(bed, tiny_sop, record_property
     with open(os.path.join(root, 'Ebay_test.txt')) as f:
         images = [line.split()[3] for line in f.read().splitlines()[1:]]
     previous = signal.signal(signal.SIGIO, lambda *_: None)  # a lease broken: SIGIO
-    held = [os.open(os.path.join(there, image), os.O_RDONLY) for image in images]
+    held = [os.open(os.path.join(folder, image), os.O_RDONLY)
+            for folder in (root, there) for image in images]
     try:
         for fd in held:
             fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
