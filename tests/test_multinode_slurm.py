@@ -78,13 +78,15 @@ N1, N2, N3 = HOSTS[:3]
 comments below are those of scripts/slurm/cluster_up.sh --testbed's default."""
 
 TESTBED_ENV = dict(ENV, MPIR_CVAR_CH4_NETMOD='ofi', FI_PROVIDER='tcp')
-SLURMD_TIMEOUT = 20  # s: cluster_up.sh --testbed's SlurmdTimeout
-KILL_WAIT = 30       # s: SLURM's KillWait, from SIGTERM to SIGKILL when a step is ended
-LOST_BOUND = SLURMD_TIMEOUT * 4 // 3 + KILL_WAIT + 20
+SLURMD_TIMEOUT = 20   # s: cluster_up.sh --testbed's SlurmdTimeout
+MESSAGE_TIMEOUT = 10  # s: SLURM's MessageTimeout, how long a ping waits for its answer
+KILL_WAIT = 30        # s: SLURM's KillWait, from SIGTERM to SIGKILL when a step is ended
+LOST_BOUND = SLURMD_TIMEOUT * 4 // 3 + MESSAGE_TIMEOUT + KILL_WAIT + 20
 """Seconds from a node's link going down to the job being over on every other node:
-slurmctld pings every SlurmdTimeout / 3 and gives a node up SlurmdTimeout after its last
-answer, then the step's other tasks get SIGTERM and, KillWait later, SIGKILL; then the
-step's teardown (66 to 69 s in all here; docs/across_nodes.md)."""
+slurmctld pings every SlurmdTimeout / 3 and gives a node up once it has not answered for
+SlurmdTimeout (a ping waiting MessageTimeout for its answer), then the step's other
+tasks get SIGTERM and, KillWait later, SIGKILL; then the step's teardown (66 to 77 s in
+all here, on 2 busy cores; docs/across_nodes.md)."""
 
 
 def sinfo():
