@@ -453,6 +453,30 @@ def test_a_host_off_the_network_with_plain_ssh_ends_at_the_stall_timeout(bed, ti
     assert_intact(checkpoints(out))
 
 
+def test_a_host_off_the_network_in_mpi_start_up_with_plain_ssh_ends_at_the_start_up_timeout(
+        bed, tiny_sop, record_property):
+    # With plain ssh nothing watches the link, and a rank in MPI_Init holds Python's lock:
+    # mpiexec waited for ever. The start-up guard of rank 0 (waiting in MPI_Init for
+    # sop-n2's rank) asks Hydra to abort the job at train.startup_timeout.
+    startup = 20
+    job = Job(train_args(tiny_sop, os.path.join(bed, 'out'), 'train.epochs=1',
+                         'train.startup_timeout={}'.format(startup),
+                         'train.stall_timeout={}'.format(startup)), launcher=SSH)
+    began = time.monotonic()
+    while not any('launch.train' in c for c in on_host('sop-n2').values()):
+        assert job.proc.poll() is None and time.monotonic() - began < 60, job.finish(30)
+        time.sleep(0.05)
+    link('sop-n2', 'down')
+    code, output = job.finish(timeout=startup + DEADLINE + 60)
+    seconds = time.monotonic() - began
+    record_property('link_down_mpi_start_up_plain_ssh', (code, round(seconds, 1)))
+    assert code == 4 and seconds < startup + DEADLINE, (code, seconds, output)
+    assert re.search(r"^error: rank 0 \(pid \d+ on sop-n1\) is still in MPI's start-up after "
+                     r"{} s".format(startup), output, re.M), output
+    # sop-n2's rank ends by its watchdog's fallback (30 s after the allowance).
+    assert left_behind(job.hosts, grace=startup + 30 + DEADLINE) == {}
+
+
 def test_a_host_off_the_network_at_start_up_ends_the_job(bed, tiny_sop):
     link('sop-n2', 'down')
     began = time.monotonic()
