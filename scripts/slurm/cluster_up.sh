@@ -2,9 +2,9 @@
 # A SLURM test cluster on this Debian machine, for the tests marked `slurm` and for trying
 # scripts/slurm/train.sbatch: Debian's slurm-wlm (22.05 on Debian 12) and munge, with
 # munged, slurmctld and slurmd started by hand as root (no systemd, no cgroups).
-#   scripts/slurm/cluster_up.sh             one node, this machine (tests/test_slurm.py)
+#   scripts/slurm/cluster_up.sh             one node, this machine (tests/system/test_slurm.py)
 #   scripts/slurm/cluster_up.sh --testbed [HOST...]   one node per test host of
-#       scripts/testbed/up.sh (every one, or those named), for tests/test_multinode_slurm.py
+#       scripts/testbed/up.sh (every one, or those named), for tests/system/test_multinode_slurm.py
 # --testbed: slurmctld on the first host, a slurmd on every host under its host name, each
 # in that host's namespaces; the hosts see the cluster's configuration as /etc/slurm (a
 # bind mount in their own mount namespaces), so sbatch, srun and friends run there as on

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Test hosts on this one Linux machine, for the tests marked `multinode`
-# (tests/test_multinode.py): N hosts sop-n1..sop-nN (default 3), each a network namespace
+# (tests/system/test_multinode.py): N hosts sop-n1..sop-nN (default 3), each a network namespace
 # with its own address, its own host name (a UTS namespace) and its own mounts, joined by
 # a bridge that lives in a namespace of its own (no address of this machine's is on it,
 # so traffic stays between the test hosts). Each host runs Debian's sshd; Hydra reaches

@@ -1,6 +1,6 @@
 """Jobs of scripts/slurm/train.sbatch on a SLURM cluster, as sbatch, scontrol and sacct see
-them: for tests/test_slurm.py (a one-node cluster on this machine) and
-tests/test_multinode_slurm.py (a cluster on the test hosts, whose commands run on a test
+them: for tests/system/test_slurm.py (a one-node cluster on this machine) and
+tests/system/test_multinode_slurm.py (a cluster on the test hosts, whose commands run on a test
 host: ``prefix``)."""
 import glob
 import json

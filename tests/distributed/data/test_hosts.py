@@ -1,5 +1,5 @@
 """Every host must see rank 0's SOP tree at data.root: sop.index_digest and check_hosts.
-(Across real hosts: tests/test_multinode.py.)"""
+(Across real hosts: tests/system/test_multinode.py.)"""
 from distributed.data import sop
 
 

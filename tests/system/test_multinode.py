@@ -81,7 +81,7 @@ def listener(host):
 
 SLURM_DAEMONS = {'slurmctld', 'slurmscriptd', 'slurmd', 'slurmstepd', 'munged', 'srun',
                  'sbatch', 'salloc', 'scancel', 'scontrol', 'squeue', 'sinfo', 'sacct'}
-"""The test SLURM cluster's daemons and commands (tests/test_slurm.py), which may run on
+"""The test SLURM cluster's daemons and commands (tests/system/test_slurm.py), which may run on
 the same test hosts: neither they nor what they started belong to these tests."""
 
 
@@ -556,7 +556,7 @@ def test_a_host_lost_after_a_checkpoint_resumes_on_the_surviving_host(bed, tiny_
     # holds out: train.chunks stays 2 (the checkpoint's), that rank accumulates both chunks,
     # and every later step sees the uninterrupted run's images and lr (24 images, 2 chunks
     # of 4: 3 global batches per epoch, a checkpoint at each epoch's end).
-    from system.test_rank_count import assert_follows, train
+    from runs import assert_follows, train
     overrides = ('train.epochs=3', 'train.log_interval=1')
     out = os.path.join(bed, 'out')
     job = Job(train_args(tiny_sop, out, *overrides))
