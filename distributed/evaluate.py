@@ -35,7 +35,8 @@ TOP_K = (1, 5)
 @dataclasses.dataclass
 class WeightsModelConfig(ModelConfig):
     path: str = ''
-    """The trained weights: a model.npz written by launch.train ('' means out/model.npz)."""
+    """The trained weights: a model.npz or a checkpoint (snapshot_iter_<N>.npz) written by
+    launch.train ('' means out/model.npz)."""
 
 
 @dataclasses.dataclass

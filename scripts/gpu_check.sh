@@ -13,7 +13,8 @@
 # (cupy-cuda13x), NumPy 2, pytest, OpenCV, Pillow, PyYAML, matplotlib; no chainer, no
 # simplejpeg, no MPI runtime (its mpi4py finds no libmpi). `make gpu-wheels` puts what it
 # lacks in .whl/ (scripts/build_wheels.py --gpu-set: chainer, chainercv, simplejpeg, mpich's
-# wheel, which holds libmpi and mpiexec, and mpi4py, ~16 MiB); carry .whl/ with the tree.
+# wheel, which holds libmpi and mpiexec, mpi4py and the cuDNN frontend, ~27 MiB); carry .whl/
+# with the tree.
 #
 # Settings (environment):
 #   PYTHON  the machine's Python (python3); for --dry-run, a Python 3.12 (found as CI finds it)

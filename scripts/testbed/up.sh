@@ -4,7 +4,7 @@
 # with its own address, its own host name (a UTS namespace) and its own mounts, joined by
 # a bridge that lives in a namespace of its own (no address of this machine's is on it,
 # so traffic stays between the test hosts). Each host runs Debian's sshd; Hydra reaches
-# the others through real ssh (scripts/testbed/ssh), with keys made here.
+# the others through real ssh ($STATE/ssh, written here), with keys made here.
 #   scripts/testbed/up.sh [N]      (root; idempotent)   scripts/testbed/down.sh
 #   scripts/testbed/on HOST CMD...  runs CMD on a test host (root)
 # $STATE/local is each host's own folder: sop-n1 sees this machine's, every other host an
