@@ -69,10 +69,11 @@ def test_anchors_follow_github():
 
 @pytest.mark.parametrize('page', PAGES)
 def test_files_named_exist(page):
-    """Files of the repository a page names (distributed/..., scripts/..., tests/...,
-    configs/..., with a suffix: what set-up makes has none) exist: a module moved is a page
-    to change."""
-    named = re.findall(r'\b((?:distributed|scripts|tests|configs|launch)/[\w/.-]*\.\w+)',
-                       read(page))
+    """Files of the repository a page names (distributed/..., tests/..., configs/...,
+    launch/... with a suffix: what set-up makes has none; scripts/... with or without, as
+    scripts are commands) exist: a module moved is a page to change."""
+    text = read(page)
+    named = re.findall(r'\b((?:distributed|scripts|tests|configs|launch)/[\w/.-]*\.\w+)', text)
+    named += re.findall(r'(?<![\w/.])(scripts/[\w/.-]*\w)', text)
     missing = sorted({p for p in named if not os.path.exists(os.path.join(ROOT, p))})
     assert not missing, f'{page} names files that do not exist: {missing}'
