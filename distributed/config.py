@@ -26,6 +26,9 @@ Arch = typing.Literal['resnet50', 'resnet101', 'resnet152']
 ``weights`` take theirs from here)."""
 Dtype = typing.Literal['float32', 'mixed16']
 """Training's compute dtype (``train.dtype``; the benchmark's ``dtype``)."""
+Communicator = typing.Literal['auto', 'inplace', 'naive', 'flat', 'non_cuda_aware', 'pure_nccl']
+"""``comm.communicator``: 'inplace' (``comm.InPlaceMeanGrad``) or a ChainerMN communicator
+that chainer 7.8's ``create_communicator`` makes (the benchmark's ``communicator`` too)."""
 AllreduceDtype = typing.Literal['float32', 'float16']
 """The gradient allreduce's dtype (``comm.allreduce_dtype``; the benchmark's)."""
 
@@ -120,7 +123,7 @@ class TrainConfig:
 
 @dataclasses.dataclass
 class CommConfig:
-    communicator: str = 'auto'
+    communicator: Communicator = 'auto'
     """ChainerMN communicator name, or 'inplace' (distributed/comm.py); 'auto': 'inplace' on
     the CPU, 'pure_nccl' on GPUs ('flat' where NCCL is missing)."""
     allreduce_dtype: AllreduceDtype = 'float32'

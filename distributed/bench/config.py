@@ -19,7 +19,7 @@ class BenchConfig:
     dtype: config_module.Dtype = 'float32'
     """'float32' or 'mixed16', as training's train.dtype (float16 activations and conv/linear
     weights, float32 master weights, dynamic loss scaling)."""
-    communicator: str = 'auto'
+    communicator: config_module.Communicator = 'auto'
     """ChainerMN communicator name, or 'inplace'; 'auto' as in training."""
     allreduce_dtype: config_module.AllreduceDtype = 'float32'
     """Gradient allreduce dtype: 'float32' or 'float16' (pure_nccl only)."""

@@ -28,6 +28,8 @@ def test_defaults_file_and_overrides_in_order(tmp_path):
     ('train.batch_size=true', ['train.batch_size must be an int']),
     ('optimizer.lr=-0.1', ['optimizer.lr must be zero or positive']),
     ('data.loader=threads', ['data.loader must be one of multiprocess, serial']),
+    ('comm.communicator=nccl', ['comm.communicator must be one of auto, inplace, naive, flat, '
+                                'non_cuda_aware, pure_nccl', "not 'nccl'"]),
     ('optimizer.decay_epochs=5', ['optimizer.decay_epochs must be a list']),
     ('optimizer.decay_epochs=[60,30]', ['increasing']),
     ('optimizer.warmup_start=2', ['warmup_start']),
