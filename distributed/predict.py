@@ -26,7 +26,7 @@ class PredictConfig(Config):
     model: WeightsModelConfig = dataclasses.field(default_factory=WeightsModelConfig)
     """Network and its trained weights (model=PATH is short for model.path=PATH)."""
     top_k: int = 5
-    """How many of the most probable super-classes to show per image."""
+    """How many of the most probable super-classes to show per image: 1 to 12."""
 
 
 @dataclasses.dataclass

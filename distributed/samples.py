@@ -18,6 +18,8 @@ from distributed.data.images import UnreadableImage, open_image
 PER_ROW = 5
 SIDE = 200
 EXAMPLES = 5
+POSITIVE = ('n',)
+"""Keys that must be at least 1 (the configuration reference reads it too)."""
 
 
 @dataclasses.dataclass
@@ -33,8 +35,9 @@ class SamplesConfig(Config):
 def load_samples_config(path=None, overrides=()):
     """The validated ``SamplesConfig`` (the training keys are read and checked too)."""
     config = validate(build(SamplesConfig, path, overrides))
-    if config.n < 1:
-        raise ConfigError(f'n must be at least 1, not {config.n}')
+    for key in POSITIVE:
+        if getattr(config, key) < 1:
+            raise ConfigError(f'{key} must be at least 1, not {getattr(config, key)}')
     return config
 
 

@@ -67,15 +67,20 @@ def load_schema(name):
     return getattr(importlib.import_module(module), attr)
 
 
-def type_text(key, kind):
-    """How the reference writes the field type ``kind`` of ``key``."""
+def type_text(key, kind, bounds=config_module):
+    """How the reference writes the field type ``kind`` of ``key``; ``bounds``: the module
+    whose ``POSITIVE`` and ``NON_NEGATIVE`` key lists its launcher checks (training's by
+    default: the launchers that read a training config check those keys too)."""
     if config_module.choices(kind):
         return 'one of ' + ', '.join(f'`{c}`' for c in config_module.choices(kind))
     if typing.get_origin(kind) in (list, typing.List):
         return f'list of {typing.get_args(kind)[0].__name__}'
-    bound = (' > 0' if key in config_module.POSITIVE
-             else ' >= 0' if key in config_module.NON_NEGATIVE else '')
-    return kind.__name__ + bound
+    for module in {config_module, bounds}:
+        if key in getattr(module, 'POSITIVE', ()):
+            return kind.__name__ + ' > 0'
+        if key in getattr(module, 'NON_NEGATIVE', ()):
+            return kind.__name__ + ' >= 0'
+    return kind.__name__
 
 
 def default_text(value):
@@ -87,11 +92,11 @@ def default_text(value):
     return str(value)
 
 
-def table(rows):
+def table(rows, bounds=config_module):
     lines = ['| key | type | default | meaning |', '| --- | --- | --- | --- |']
     for key, kind, default, meaning in rows:
         meaning = meaning.replace('|', r'\|')
-        lines.append(f'| `{key}` | {type_text(key, kind)} | `{default_text(default)}` | '
+        lines.append(f'| `{key}` | {type_text(key, kind, bounds)} | `{default_text(default)}` | '
                      f'{meaning} |')
     return '\n'.join(lines) + '\n'
 
@@ -122,7 +127,7 @@ def render():
             rows = [row for row in rows if base.get(row[0]) != row]
         else:
             parts.append(f'`{schema.__name__}`: its own keys.\n\n')
-        parts.append(table(rows))
+        parts.append(table(rows, sys.modules[schema.__module__]))
     return ''.join(parts)
 
 
