@@ -187,15 +187,21 @@ def load_shard(config, runtime):
 
 
 class Progress:
-    """One line per batch on a stream (rewritten in place on a terminal)."""
+    """Batches done, on a stream: every batch, rewritten in place, on a terminal; in a file
+    (a batch job's log) at most ``LINES`` lines, the last one at the end."""
+
+    LINES = 10
 
     def __init__(self, what, total, stream=sys.stderr):
         self.what, self.total, self.stream = what, total, stream
-        self.end = '\r' if stream.isatty() else '\n'
+        self.tty = stream.isatty()
+        self.every = 1 if self.tty else math.ceil(total / self.LINES)
 
     def __call__(self, done):
-        self.stream.write('{}: batch {}/{}{}'.format(
-            self.what, done, self.total, '\n' if done == self.total else self.end))
+        if done % self.every and done != self.total:
+            return
+        end = '\r' if self.tty and done != self.total else '\n'
+        self.stream.write(f'{self.what}: batch {done}/{self.total}{end}')
         self.stream.flush()
 
 

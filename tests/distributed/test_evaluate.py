@@ -1,6 +1,7 @@
 """distributed.evaluate and launch.evaluate: exact counts, one or many ranks, clear errors."""
 import json
 import os
+import re
 import shutil
 
 import numpy
@@ -192,11 +193,15 @@ def test_two_ranks_give_exactly_the_numbers_of_one(uneven_sop, model_file, tmp_p
         out = tmp_path / 'r{}'.format(ranks)
         done = run_launcher('launch.evaluate', ['-c', SMOKE, 'model=' + model_file,
                                                 'data.root=' + uneven_sop, 'out=' + str(out),
-                                                'train.batch_size=3'] + TINY, ranks=ranks)
+                                                'train.batch_size=3'] + TINY
+                            + ['train.eval_batch_size=1'], ranks=ranks)
         assert done.returncode == 0, done.stderr[-3000:]
         assert done.stdout.count('top-1') == 2           # one report (title + header)
         assert ('on 1 rank;' if ranks == 1 else 'on 2 ranks;') in done.stdout, done.stdout
-        assert 'batch' in done.stderr                    # progress
+        # Progress: in a file, at most 10 lines, the last at the end.
+        progress = [line for line in done.stderr.splitlines() if ': batch ' in line]
+        assert 1 <= len(progress) <= 10, done.stderr[-3000:]
+        assert re.search(r'batch (\d+)/\1$', progress[-1]), done.stderr[-3000:]
         assert (out / 'confusion.png').stat().st_size > 0
         results[ranks] = json.loads((out / 'eval.json').read_text())
     one = results[1]
