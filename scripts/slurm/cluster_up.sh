@@ -80,9 +80,14 @@ else
   # answer (SLURM's default: 300 s); what runs on it ends by itself (docs/across_nodes.md).
   timeouts='SlurmdTimeout=20'
 fi
+# Job ids of their own per cluster (slurmctld -c starts them again): MPICH names its
+# shared-memory segments after the job step, and a segment left by a killed job of the other
+# cluster must not be taken for a new job's.
+first_job_id=${testbed:+100000}
 new=$(cat <<EOF
 $MARK
 ClusterName=sop${testbed:+tb}ci
+FirstJobId=${first_job_id:-1}
 SlurmctldHost=$controller
 SlurmUser=root
 AuthType=auth/munge

@@ -113,8 +113,10 @@ CONF
     rm -f "$dir/sshd.pid"
     # sshd, and all that runs through it, in the host's network, UTS and mount namespaces.
     if [ "$i" = 1 ]; then local_mount=true; else local_mount="mount -t tmpfs -o size=64m,mode=755 sop-local-$host $STATE/local"; fi
+    # Its own /dev/shm, as a host has: what MPI leaves there stays on the host, and goes with it.
+    shm="mount -t tmpfs -o size=1g,mode=1777 sop-shm-$host /dev/shm"
     ip netns exec "$ns" unshare --uts --mount --propagation private sh -c \
-      "hostname $host && $local_mount && exec /usr/sbin/sshd -f $dir/sshd_config" \
+      "hostname $host && $local_mount && $shm && exec /usr/sbin/sshd -f $dir/sshd_config" \
       || die "sshd on $host did not start"
     for _ in $(seq 50); do [ -s "$dir/sshd.pid" ] && break; sleep 0.1; done
     alive "$dir/sshd.pid" || die "sshd on $host did not start (no pid in $dir/sshd.pid)"
